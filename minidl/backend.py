@@ -1,0 +1,197 @@
+"""Devices and array modules.
+
+This is the only module in minidl that imports CuPy. Everything else asks it
+for the array module (``xp``) that matches an array, or for the :class:`Device`
+an array or tensor lives on.
+
+Devices are written as strings: ``"cpu"`` (the same as ``"cpu:0"``), ``"cpu:1"``
+(a second logical CPU device, used by device-split strategies) and
+``"cuda:N"`` (GPU ``N`` through CuPy).
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+
+import numpy
+
+__all__ = [
+    "Device",
+    "DeviceError",
+    "as_device",
+    "cuda_available",
+    "cuda_device_count",
+    "get_array_module",
+    "device_of_array",
+    "transfer",
+    "bfloat16",
+]
+
+_cupy = None  # the cupy module, once a CUDA device has been asked for
+
+
+class DeviceError(RuntimeError):
+    """A device was asked for that does not exist or cannot be used here."""
+
+
+def _import_cupy(for_device: str):
+    """Import CuPy and check a GPU is visible; raise DeviceError saying what is missing."""
+    global _cupy
+    if _cupy is not None:
+        return _cupy
+    try:
+        import cupy
+    except ImportError as e:
+        raise DeviceError(
+            f"device {for_device!r} needs CuPy, which is not installed ({e}). "
+            "Install the GPU extra: pip install 'minidl[gpu]' (CuPy for CUDA 13), "
+            "or pip install cupy-cuda12x for CUDA 12."
+        ) from None
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as e:  # CUDA driver missing or broken
+        raise DeviceError(
+            f"device {for_device!r}: CuPy is installed but CUDA is not usable here ({e}). "
+            "Check the NVIDIA driver (nvidia-smi) and that the CuPy wheel matches its CUDA version."
+        ) from None
+    if count == 0:
+        raise DeviceError(f"device {for_device!r}: CuPy found no CUDA GPU on this machine")
+    _cupy = cupy
+    return cupy
+
+
+def cuda_available() -> bool:
+    """True when CuPy imports and at least one CUDA GPU is visible."""
+    try:
+        _import_cupy("cuda:0")
+    except DeviceError:
+        return False
+    return True
+
+
+def cuda_device_count() -> int:
+    """Number of visible CUDA GPUs (0 without CuPy or a GPU)."""
+    if not cuda_available():
+        return 0
+    return _cupy.cuda.runtime.getDeviceCount()
+
+
+class Device:
+    """A place where arrays live: ``Device("cpu")``, ``Device("cpu:1")``, ``Device("cuda:0")``.
+
+    Devices compare equal by type and index, so ``Device("cpu") == Device("cpu:0")``.
+    ``device.xp`` is the array module (``numpy`` or ``cupy``) for the device.
+    """
+
+    __slots__ = ("type", "index", "xp", "_key")
+
+    def __init__(self, spec: str = "cpu"):
+        text = str(spec).strip().lower()
+        kind, _, idx = text.partition(":")
+        if kind not in ("cpu", "cuda") or (idx and not idx.isdigit()):
+            raise DeviceError(
+                f"unknown device {spec!r}: expected 'cpu', 'cpu:N' or 'cuda:N' (e.g. 'cuda:0')"
+            )
+        index = int(idx) if idx else 0
+        if kind == "cuda":
+            cupy = _import_cupy(text)
+            count = cupy.cuda.runtime.getDeviceCount()
+            if index >= count:
+                raise DeviceError(
+                    f"device {spec!r} is not present: this machine has {count} CUDA GPU(s) "
+                    f"(cuda:0..cuda:{count - 1})"
+                )
+            self.xp = cupy
+        else:
+            self.xp = numpy
+        self.type = kind
+        self.index = index
+        self._key = (kind, index)
+
+    @property
+    def is_cuda(self) -> bool:
+        return self.type == "cuda"
+
+    def context(self):
+        """A context manager that makes this device current (a no-op on the CPU)."""
+        if self.type == "cuda":
+            return self.xp.cuda.Device(self.index)
+        return contextlib.nullcontext()
+
+    def __eq__(self, other):
+        if isinstance(other, str):
+            try:
+                other = as_device(other)
+            except DeviceError:
+                return False
+        return isinstance(other, Device) and other._key == self._key
+
+    def __hash__(self):
+        return hash(self._key)
+
+    def __str__(self):
+        return f"{self.type}:{self.index}"
+
+    def __repr__(self):
+        return f"Device({str(self)!r})"
+
+
+@functools.lru_cache(maxsize=None)
+def _device_from_string(spec: str) -> Device:
+    return Device(spec)
+
+
+def as_device(device) -> Device:
+    """Turn ``None`` (the CPU), a string or a :class:`Device` into a Device."""
+    if isinstance(device, Device):
+        return device
+    if device is None:
+        return CPU
+    return _device_from_string(str(device))
+
+
+CPU = Device("cpu")
+
+
+def get_array_module(*arrays):
+    """Return ``cupy`` if any argument is a CuPy array, else ``numpy``.
+
+    Ops call this once (``xp = get_array_module(x)``) and then write
+    ``xp.exp(x)`` so the same code runs on the CPU and the GPU.
+    """
+    if _cupy is None:
+        return numpy
+    return _cupy.get_array_module(*arrays)
+
+
+def device_of_array(array) -> Device:
+    """The device an array lives on (a NumPy array is on ``cpu:0``)."""
+    if _cupy is not None and isinstance(array, _cupy.ndarray):
+        return as_device(f"cuda:{array.device.id}")
+    return CPU
+
+
+def transfer(array, device: Device):
+    """Copy ``array`` to ``device`` (no copy when it is already there).
+
+    CPU -> GPU and GPU -> GPU use CuPy (peer copies where the driver allows);
+    GPU -> CPU returns a NumPy array. Moving between logical CPU devices does
+    not copy: they share host memory.
+    """
+    if device.type == "cpu":
+        if _cupy is not None and isinstance(array, _cupy.ndarray):
+            return _cupy.asnumpy(array)
+        return array
+    with device.xp.cuda.Device(device.index):
+        return device.xp.asarray(array)
+
+
+def bfloat16():
+    """The bfloat16 dtype (from ml_dtypes), or raise if ml_dtypes is missing."""
+    try:
+        import ml_dtypes
+    except ImportError:
+        raise TypeError(
+            "bfloat16 needs the ml_dtypes package: pip install 'minidl[bf16]'"
+        ) from None
+    return numpy.dtype(ml_dtypes.bfloat16)

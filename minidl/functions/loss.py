@@ -1,0 +1,85 @@
+"""Loss functions."""
+from __future__ import annotations
+
+import numpy
+
+from ..backend import get_array_module
+from ..errors import OpIndexError, OpTypeError, ShapeError
+from ..function import Function
+from ..tensor import Tensor, _wrap
+from .nn import log_softmax_array, softmax
+
+__all__ = ["cross_entropy"]
+
+_REDUCTIONS = ("mean", "sum", "none")
+
+
+class CrossEntropy(Function):
+    """Softmax cross-entropy of logits (N, C) against integer class labels (N,)."""
+
+    def __init__(self, reduction):
+        self.reduction = reduction
+
+    def forward(self, logits, labels):
+        xp = get_array_module(logits)
+        n = logits.shape[0]
+        log_probs = log_softmax_array(logits, axis=1)
+        losses = -log_probs[xp.arange(n), labels]
+        if self.reduction == "mean":
+            return losses.mean() if n else losses.sum()
+        if self.reduction == "sum":
+            return losses.sum()
+        return losses
+
+    def backward(self, gy):
+        logits, labels = self.inputs
+        xp = get_array_module(logits.data)
+        n, classes = logits.shape
+        one_hot = xp.zeros(logits.shape, dtype=logits.dtype)
+        one_hot[xp.arange(n), labels.data] = 1
+        if self.reduction == "none":
+            scale = gy.reshape(n, 1)
+        elif self.reduction == "mean":
+            scale = gy * (1.0 / max(n, 1))
+        else:
+            scale = gy
+        return (softmax(logits, axis=1) - _wrap(one_hot, logits.device)) * scale, None
+
+
+def cross_entropy(logits, labels, reduction: str = "mean") -> Tensor:
+    """Cross-entropy between ``softmax(logits)`` and integer class labels.
+
+    Stable for large logits (log-sum-exp with the max subtracted).
+
+    Args:
+        logits: (N, C) unnormalised scores.
+        labels: (N,) integers in [0, C).
+        reduction: "mean" (default), "sum" or "none" (per-sample losses).
+
+    >>> loss = cross_entropy(model(x), y)
+    """
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"cross_entropy: reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+    label_array = labels.data if isinstance(labels, Tensor) else labels
+    if logits.ndim != 2:
+        raise ShapeError(f"cross_entropy: logits must be (N, C), got shape {logits.shape}", "cross_entropy")
+    xp = get_array_module(logits.data)
+    label_array = xp.asarray(label_array) if xp is not numpy else numpy.asarray(label_array)
+    if label_array.dtype.kind not in "iu":
+        raise OpTypeError(
+            f"cross_entropy: labels must be integers (class indices), got dtype {label_array.dtype}", "cross_entropy"
+        )
+    if label_array.shape != (logits.shape[0],):
+        raise ShapeError(
+            f"cross_entropy: labels of shape {label_array.shape} do not match logits of shape {logits.shape} "
+            f"(expected ({logits.shape[0]},))",
+            "cross_entropy",
+        )
+    if xp is numpy and label_array.size:  # on a GPU this check would stall the stream
+        low, high = int(label_array.min()), int(label_array.max())
+        if low < 0 or high >= logits.shape[1]:
+            raise OpIndexError(
+                f"cross_entropy: label {low if low < 0 else high} is out of range for {logits.shape[1]} classes",
+                "cross_entropy",
+            )
+    return CrossEntropy(reduction)(logits, label_array)

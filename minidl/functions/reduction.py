@@ -1,0 +1,114 @@
+"""Reductions: sum, mean, max, min over all axes or some, with or without keepdims."""
+from __future__ import annotations
+
+import builtins
+
+from ..function import Function
+from ..tensor import Tensor, _wrap
+from .array import broadcast_to, reshape
+
+__all__ = ["sum", "mean", "max", "min"]
+
+
+def _normalize_axis(axis, ndim):
+    """None, or a sorted tuple of non-negative axes."""
+    if axis is None:
+        return None
+    axes = (axis,) if isinstance(axis, int) else tuple(axis)
+    for a in axes:
+        if not -ndim <= a < builtins.max(ndim, 1):
+            raise ValueError(f"axis {a} is out of bounds for a tensor with {ndim} dimension(s)")
+    return tuple(sorted(a % builtins.max(ndim, 1) for a in axes))
+
+
+def _keepdims_shape(in_shape, axis):
+    """The reduced shape with length-1 axes kept, to broadcast a gradient back."""
+    if axis is None:
+        return (1,) * len(in_shape)
+    return tuple(1 if i in axis else n for i, n in enumerate(in_shape))
+
+
+def _spread(gy, in_shape, axis, keepdims):
+    """Broadcast a reduction's upstream gradient back to the input's shape."""
+    if not keepdims:
+        gy = reshape(gy, _keepdims_shape(in_shape, axis))
+    return broadcast_to(gy, in_shape)
+
+
+class Sum(Function):
+    def __init__(self, axis, keepdims):
+        self.axis = axis
+        self.keepdims = keepdims
+
+    def forward(self, x):
+        self.in_shape = x.shape
+        return x.sum(axis=self.axis, keepdims=self.keepdims)
+
+    def backward(self, gy):
+        return _spread(gy, self.in_shape, self.axis, self.keepdims)
+
+
+class Mean(Function):
+    def __init__(self, axis, keepdims):
+        self.axis = axis
+        self.keepdims = keepdims
+
+    def forward(self, x):
+        self.in_shape = x.shape
+        y = x.mean(axis=self.axis, keepdims=self.keepdims)
+        self.count = x.size // y.size if y.size else 1
+        return y
+
+    def backward(self, gy):
+        return _spread(gy, self.in_shape, self.axis, self.keepdims) * (1.0 / self.count)
+
+
+class _Extreme(Function):
+    """max/min: the gradient goes to the extreme elements, split equally among ties."""
+
+    reduce_name = ""
+
+    def __init__(self, axis, keepdims):
+        self.axis = axis
+        self.keepdims = keepdims
+
+    def forward(self, x):
+        self.in_shape = x.shape
+        return getattr(x, self.reduce_name)(axis=self.axis, keepdims=self.keepdims)
+
+    def backward(self, gy):
+        x = self.inputs[0].data
+        y = self.output.data
+        if not self.keepdims:
+            y = y.reshape(_keepdims_shape(self.in_shape, self.axis))
+        hits = (x == y).astype(x.dtype)
+        share = hits / hits.sum(axis=self.axis, keepdims=True)
+        return _spread(gy, self.in_shape, self.axis, self.keepdims) * _wrap(share, gy.device)
+
+
+class Max(_Extreme):
+    reduce_name = "max"
+
+
+class Min(_Extreme):
+    reduce_name = "min"
+
+
+def sum(x, axis=None, keepdims: bool = False) -> Tensor:  # noqa: A001 - the op's name
+    """Sum over ``axis`` (an int, a tuple, or None for all axes)."""
+    return Sum(_normalize_axis(axis, x.ndim), keepdims)(x)
+
+
+def mean(x, axis=None, keepdims: bool = False) -> Tensor:
+    """Arithmetic mean over ``axis`` (an int, a tuple, or None for all axes)."""
+    return Mean(_normalize_axis(axis, x.ndim), keepdims)(x)
+
+
+def max(x, axis=None, keepdims: bool = False) -> Tensor:  # noqa: A001 - the op's name
+    """Maximum over ``axis``; ties share the gradient equally."""
+    return Max(_normalize_axis(axis, x.ndim), keepdims)(x)
+
+
+def min(x, axis=None, keepdims: bool = False) -> Tensor:  # noqa: A001 - the op's name
+    """Minimum over ``axis``; ties share the gradient equally."""
+    return Min(_normalize_axis(axis, x.ndim), keepdims)(x)
