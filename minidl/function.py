@@ -121,7 +121,7 @@ def _constant(value, device, ref_dtype, op) -> Tensor:
         array = numpy.asarray(value, dtype=ref_dtype)
     elif isinstance(value, (bool, int, float, complex, list, tuple, numpy.ndarray, numpy.generic)):
         array = numpy.asarray(value)
-    elif backend.device_of_array(value) == device:
+    elif hasattr(value, "dtype") and hasattr(value, "shape") and backend.device_of_array(value) == device:
         return _wrap(value, device)
     else:
         raise TypeError(

@@ -43,7 +43,11 @@ class Tensor:
     __array_priority__ = 200  # ndarray (op) Tensor defers to Tensor's reflected operator
 
     def __init__(self, data, requires_grad: bool = False, device=None, name: str | None = None):
-        self.device = as_device(device) if device is not None else backend.device_of_array(data)
+        if device is None:
+            self.device = backend.device_of_array(data)
+        else:
+            self.device = as_device(device)
+            data = backend.transfer(data, self.device)  # no copy when already there
         self.data = data
         self.grad = None
         self.creator = None
@@ -380,10 +384,14 @@ def _check_grad(fn, x: Tensor, gx) -> Tensor:
 def _accumulate_leaf(x: Tensor, gx: Tensor, create_graph: bool, given_out: set) -> None:
     if x.grad is None:
         if not create_graph:
-            if id(gx.data) in given_out:
-                gx = _wrap(gx.data.copy(), gx.device)
-            given_out.add(id(gx.data))
-            gx = _wrap(gx.data, gx.device)
+            data = gx.data
+            flags = data.flags
+            # Store an array the leaf owns: not another leaf's or the caller's, not a
+            # read-only broadcast view, so optimizers may update .grad in place.
+            if id(data) in given_out or not flags.c_contiguous or not getattr(flags, "writeable", True):
+                data = data.copy()
+            given_out.add(id(data))
+            gx = _wrap(data, gx.device)
         x.grad = gx
     elif create_graph:
         x.grad = x.grad + gx
