@@ -11,12 +11,13 @@ Autograd runs on NumPy arrays on the CPU and on CuPy arrays on NVIDIA GPUs
 """
 import numpy as _numpy
 
-from . import functions
+from . import functions, nn, optim, random
 from . import functions as F
 from .backend import Device, DeviceError, cuda_available, cuda_device_count
 from .creation import arange, full, ones, ones_like, zeros, zeros_like
 from .errors import OpError, OpIndexError, OpTypeError, ShapeError
 from .function import Function
+from .hookspecs import hookimpl
 from .grad_mode import enable_grad, is_grad_enabled, no_grad, set_grad_enabled
 from .tensor import Parameter, Tensor, as_tensor, grad, tensor
 
@@ -31,7 +32,7 @@ int64 = _numpy.dtype("int64")
 __all__ = [
     "Device", "DeviceError", "F", "Function", "OpError", "OpIndexError", "OpTypeError", "Parameter",
     "ShapeError", "Tensor", "arange", "as_tensor", "cuda_available", "cuda_device_count",
-    "enable_grad", "float16", "grad", "float32", "float64", "full", "functions", "int32", "int64",
+    "enable_grad", "float16", "nn", "optim", "random", "grad", "float32", "hookimpl", "float64", "full", "functions", "int32", "int64",
     "is_grad_enabled", "no_grad", "ones", "ones_like", "set_grad_enabled", "tensor", "zeros",
     "zeros_like",
 ]
@@ -43,6 +44,10 @@ def __getattr__(name):
         from .backend import bfloat16
 
         return bfloat16()
+    if name in ("build_model", "ModelError", "Model"):
+        from . import builder
+
+        return getattr(builder, name)
     if name == "testing":
         import importlib
 

@@ -195,3 +195,60 @@ def bfloat16():
             "bfloat16 needs the ml_dtypes package: pip install 'minidl[bf16]'"
         ) from None
     return numpy.dtype(ml_dtypes.bfloat16)
+
+
+class ScratchPool:
+    """Reusable host buffers for large temporaries (im2col columns and their gradients).
+
+    glibc returns allocations above 32 MB to the OS on free, so a fresh one
+    costs a page fault per 4 KB page on every step -- for AlexNet's im2col
+    buffers that is as slow as the copy itself. Buffers handed back with
+    :meth:`release` are reused for the next request of the same size. CuPy
+    has its own memory pool, so on a GPU this is plain ``cupy.empty``.
+    """
+
+    min_bytes = 8 << 20  # smaller arrays are cheap to allocate
+    max_cached_bytes = 4 << 30
+
+    def __init__(self):
+        import threading
+
+        self._free = {}  # nbytes -> [1-D uint8 buffers]
+        self._cached = 0
+        self._lock = threading.Lock()
+
+    def empty(self, shape, dtype, xp=numpy):
+        dtype = numpy.dtype(dtype)
+        nbytes = int(numpy.prod(shape, dtype=numpy.int64)) * dtype.itemsize
+        if xp is not numpy or nbytes < self.min_bytes:
+            return xp.empty(shape, dtype=dtype)
+        with self._lock:
+            stack = self._free.get(nbytes)
+            buffer = stack.pop() if stack else None
+            if buffer is not None:
+                self._cached -= nbytes
+        if buffer is None:
+            buffer = numpy.empty(nbytes, dtype=numpy.uint8)
+        return buffer.view(dtype).reshape(shape)
+
+    def release(self, array) -> None:
+        """Give back an array from :meth:`empty`; the caller must hold no other reference to it."""
+        if array is None or not isinstance(array, numpy.ndarray):
+            return
+        root = array
+        while isinstance(root.base, numpy.ndarray):
+            root = root.base
+        if root.dtype != numpy.uint8 or root.ndim != 1 or root.nbytes < self.min_bytes:
+            return
+        with self._lock:
+            if self._cached + root.nbytes <= self.max_cached_bytes:
+                self._free.setdefault(root.nbytes, []).append(root)
+                self._cached += root.nbytes
+
+    def clear(self) -> None:
+        with self._lock:
+            self._free.clear()
+            self._cached = 0
+
+
+scratch = ScratchPool()

@@ -386,9 +386,11 @@ def _accumulate_leaf(x: Tensor, gx: Tensor, create_graph: bool, given_out: set) 
         if not create_graph:
             data = gx.data
             flags = data.flags
-            # Store an array the leaf owns: not another leaf's or the caller's, not a
-            # read-only broadcast view, so optimizers may update .grad in place.
-            if id(data) in given_out or not flags.c_contiguous or not getattr(flags, "writeable", True):
+            # Store an array the leaf owns: not another leaf's or the caller's (nor a view
+            # of one, as reshape/transpose/split gradients are), not a read-only broadcast
+            # view, so optimizers may update .grad in place.
+            if (id(data) in given_out or data.base is not None or not flags.c_contiguous
+                    or not getattr(flags, "writeable", True)):
                 data = data.copy()
             given_out.add(id(data))
             gx = _wrap(data, gx.device)

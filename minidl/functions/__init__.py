@@ -8,10 +8,12 @@ Importing this package also gives :class:`minidl.Tensor` its operators
 (``+ - * / ** @``, indexing) and methods (``x.sum()``, ``x.reshape(...)``),
 see :mod:`minidl.functions.tensor_methods`.
 """
+from . import conv, normalization
 from .array import (
     astype, broadcast_to, concatenate, expand_dims, flatten, getitem, pad, permute, reshape,
     split, squeeze, stack, sum_to, swapaxes, to_device, transpose,
 )
+from .conv import adaptive_avg_pool2d, avg_pool2d, conv2d, max_pool2d
 from .linalg import matmul
 from .loss import cross_entropy
 from .math import (
@@ -19,12 +21,15 @@ from .math import (
     where,
 )
 from .nn import log_softmax, relu, softmax
+from .normalization import batch_norm, local_response_norm
+from .stochastic import dropout
 from .reduction import max, mean, min, sum
 from .tensor_methods import attach_tensor_methods
 
 attach_tensor_methods()
 
 __all__ = [
+    "adaptive_avg_pool2d", "avg_pool2d", "batch_norm", "conv2d", "dropout", "local_response_norm", "max_pool2d",
     "abs", "add", "astype", "broadcast_to", "clip", "concatenate", "cross_entropy", "div", "exp",
     "expand_dims", "flatten", "getitem", "log", "log_softmax", "matmul", "max", "maximum", "mean",
     "min", "minimum", "mul", "neg", "pad", "permute", "pow", "relu", "reshape", "sigmoid", "sign",

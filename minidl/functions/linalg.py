@@ -16,7 +16,8 @@ class MatMul(Function):
 
     def forward(self, a, b):
         xp = get_array_module(a, b)
-        return xp.matmul(a, b)
+        # ml_dtypes returns float32 for bfloat16 operands; keep the operands' dtype
+        return xp.matmul(a, b).astype(xp.result_type(a, b), copy=False)
 
     def backward(self, gy):
         a, b = self.inputs

@@ -7,13 +7,20 @@ from __future__ import annotations
 
 from ..backend import get_array_module
 from ..function import Function
-from ..tensor import Tensor, _wrap
+from ..tensor import Tensor, _is_float_dtype, _wrap
 from .array import sum_to
 
 __all__ = [
     "add", "sub", "mul", "div", "neg", "pow", "exp", "log", "sqrt", "abs", "tanh", "sigmoid",
     "maximum", "minimum", "where", "clip", "sign",
 ]
+
+
+def _like(value, x):
+    """A Python number as a scalar of ``x``'s floating dtype (NumPy promotes bfloat16 with a float to float32)."""
+    if value is None or not _is_float_dtype(x.dtype):
+        return value
+    return x.dtype.type(value)
 
 
 # ------------------------------------------------------------ arithmetic
@@ -83,11 +90,14 @@ class PowScalar(Function):
         self.exponent = exponent
 
     def forward(self, x):
-        return x ** self.exponent
+        c = self.exponent
+        return x ** (_like(c, x) if isinstance(c, float) else c)
 
     def backward(self, gy):
         (x,) = self.inputs
         c = self.exponent
+        if c == 0:  # x ** -1 would give 0 * inf = nan at x = 0; the derivative is 0 everywhere
+            return gy * 0.0
         if c == 2:
             return gy * (x * 2.0)
         return gy * (c * x ** (c - 1))
@@ -199,7 +209,8 @@ class Sigmoid(Function):
     def forward(self, x):
         xp = get_array_module(x)
         # tanh form: stable for large |x| in both directions
-        return xp.tanh(x * 0.5) * 0.5 + 0.5
+        half = _like(0.5, x)
+        return xp.tanh(x * half) * half + half
 
     def backward(self, gy):
         y = self.output
@@ -318,7 +329,8 @@ class Clip(Function):
 
     def forward(self, x):
         xp = get_array_module(x)
-        return xp.clip(x, self.low, self.high)
+        y = xp.clip(x, _like(self.low, x), _like(self.high, x))
+        return y.astype(x.dtype, copy=False) if _is_float_dtype(x.dtype) else y  # ml_dtypes clips in float32
 
     def backward(self, gy):
         x = self.inputs[0].data

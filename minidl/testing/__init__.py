@@ -2,13 +2,17 @@
 
     from minidl.testing import gradcheck, gradgradcheck
     gradcheck(my_fn, [x64])                  # float64 inputs: eps 1e-6, atol 1e-5, rtol 1e-3
+    check_layer(MyLayer(), (2, 3, 8, 8))     # input and every parameter of a Module
     from minidl.testing import strategies    # needs hypothesis (pip install 'minidl[test]')
 
 Plugin authors can check any layer or op the same way minidl checks its own.
 """
 from .gradcheck import GradcheckError, gradcheck, gradgradcheck, tolerances
+from .layers import check_layer, functional_call
 
-__all__ = ["GradcheckError", "gradcheck", "gradgradcheck", "tolerances", "strategies"]
+__all__ = [
+    "GradcheckError", "check_layer", "functional_call", "gradcheck", "gradgradcheck", "strategies", "tolerances",
+]
 
 
 def __getattr__(name):

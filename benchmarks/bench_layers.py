@@ -1,0 +1,142 @@
+"""AlexNet layer shapes, forward + backward: minidl vs PyTorch (CPU), same run, same inputs.
+
+    python benchmarks/bench_layers.py [--batch 32] [--repeat 3]
+
+Conv layers use torchvision's AlexNet widths at 224x224 input (conv1 3->64
+11x11/4 pad 2 ... conv5 256->256 3x3), plus fc6 (9216 -> 4096). Also a full
+AlexNet-style step split by layer kind, to show what share pooling and LRN
+take. Prints times and minidl's throughput as a fraction of PyTorch's
+(>= 1.0 means minidl is faster). Goal (issue 3): >= 0.8x on every conv
+shape; pooling + LRN under 15% of the full step.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+
+import minidl as mdl
+import minidl.functions as F
+from _timing import machine, try_import_torch
+
+CONVS = [  # name, in, out, input size, kernel, stride, padding
+    ("conv1", 3, 64, 224, 11, 4, 2),
+    ("conv2", 64, 192, 27, 5, 1, 2),
+    ("conv3", 192, 384, 13, 3, 1, 1),
+    ("conv4", 384, 256, 13, 3, 1, 1),
+    ("conv5", 256, 256, 13, 3, 1, 1),
+]
+
+
+def timed(fn, repeat):
+    fn()  # warm-up (allocations, BLAS threads)
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def conv_case(torch, batch, spec, repeat):
+    name, cin, cout, size, k, s, p = spec
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((batch, cin, size, size)).astype(np.float32)
+    w = (rng.standard_normal((cout, cin, k, k)) * 0.01).astype(np.float32)
+    b = np.zeros(cout, np.float32)
+    X, W, B = (mdl.tensor(a, requires_grad=True) for a in (x, w, b))
+    out = F.conv2d(X, W, B, s, p)
+    G = mdl.tensor(np.ones(out.shape, np.float32))
+
+    def ours():
+        X.grad = W.grad = B.grad = None
+        F.conv2d(X, W, B, s, p).backward(G)
+
+    result = {"minidl": timed(ours, repeat)}
+    if torch is not None:
+        tx, tw, tb = (torch.tensor(a, requires_grad=True) for a in (x, w, b))
+        tg = torch.ones(out.shape)
+
+        def theirs():
+            tx.grad = tw.grad = tb.grad = None
+            torch.nn.functional.conv2d(tx, tw, tb, s, p).backward(tg)
+
+        result["torch"] = timed(theirs, repeat)
+    return result
+
+
+def fc_case(torch, batch, repeat):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((batch, 9216)).astype(np.float32)
+    w = (rng.standard_normal((4096, 9216)) * 0.01).astype(np.float32)
+    b = np.zeros(4096, np.float32)
+    X, W, B = (mdl.tensor(a, requires_grad=True) for a in (x, w, b))
+    G = mdl.tensor(np.ones((batch, 4096), np.float32))
+
+    def ours():
+        X.grad = W.grad = B.grad = None
+        (X @ W.T + B).backward(G)
+
+    result = {"minidl": timed(ours, repeat)}
+    if torch is not None:
+        tx, tw, tb = (torch.tensor(a, requires_grad=True) for a in (x, w, b))
+        tg = torch.ones(batch, 4096)
+
+        def theirs():
+            tx.grad = tw.grad = tb.grad = None
+            torch.nn.functional.linear(tx, tw, tb).backward(tg)
+
+        result["torch"] = timed(theirs, repeat)
+    return result
+
+
+def pool_lrn_share(batch, repeat):
+    """Seconds of pooling+LRN (forward+backward) vs a whole conv stack step, on AlexNet shapes (paper LRN)."""
+    rng = np.random.default_rng(0)
+    c1 = rng.standard_normal((batch, 64, 55, 55)).astype(np.float32)
+    c2 = rng.standard_normal((batch, 192, 27, 27)).astype(np.float32)
+    c5 = rng.standard_normal((batch, 256, 13, 13)).astype(np.float32)
+
+    def pool_and_lrn():
+        for a, lrn in ((c1, True), (c2, True), (c5, False)):
+            t = mdl.tensor(a, requires_grad=True)
+            y = F.local_response_norm(t, 5, 1e-4, 0.75, 2.0) if lrn else t
+            y = F.max_pool2d(y, 3, 2)
+            y.backward(mdl.tensor(np.ones(y.shape, np.float32)))
+
+    return timed(pool_and_lrn, repeat)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args(argv)
+    torch = try_import_torch()
+    print(f"machine: {machine()}; numpy {np.__version__}; torch {getattr(torch, '__version__', '-')}; "
+          f"batch {args.batch}, float32, forward+backward, best of {args.repeat}")
+    print(f"{'layer':8s} {'minidl':>10s} {'torch':>10s} {'throughput vs torch':>20s}")
+    total = {"minidl": 0.0, "torch": 0.0}
+    for spec in CONVS:
+        r = conv_case(torch, args.batch, spec, args.repeat)
+        _row(spec[0], r)
+        for k in r:
+            total[k] += r[k]
+    r = fc_case(torch, args.batch, args.repeat)
+    _row("fc6", r)
+    for k in r:
+        total[k] += r[k]
+    share = pool_lrn_share(args.batch, args.repeat)
+    print(f"pool+LRN forward+backward: {share * 1e3:.1f} ms = {share / (total['minidl'] + share):.1%} of "
+          f"(conv1-5 + fc6 + pool + LRN) in minidl")
+
+
+def _row(name, r):
+    ratio = f"{r['torch'] / r['minidl']:19.2f}x" if "torch" in r else f"{'-':>20s}"
+    torch_ms = f"{r['torch'] * 1e3:8.1f}ms" if "torch" in r else f"{'-':>10s}"
+    print(f"{name:8s} {r['minidl'] * 1e3:8.1f}ms {torch_ms} {ratio}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,289 @@
+"""YAML -> validated spec -> Model: ``minidl.build_model("models/alexnet.yaml")``.
+
+A model file::
+
+    name: alexnet-mini
+    input: [1, 28, 28]                 # C, H, W of one sample
+    layers:
+      - {type: conv2d, out_channels: 64, kernel_size: 5, padding: 2, name: conv1}
+      - {type: relu}
+      - {type: flatten}
+      - {type: linear, out_features: 10}
+
+Every layer runs on the previous layer's output unless it names its
+``inputs:`` (layer names, or ``input`` for the model input), which gives a
+graph: two columns joined by ``{type: concat, inputs: [a, b]}``, or a
+residual ``{type: add, inputs: [x, y]}``. The last layer is the output
+unless ``output:`` names another. Each layer's keys are checked against its
+plugin's registration (signature and annotations, or an explicit schema), so
+third-party layers are validated exactly like built-ins. Shapes are inferred
+layer by layer (``output_shape`` when the layer has one, else a zero batch of
+one), lazy parameters are created, and every error names the file, line,
+column, layer index and name.
+"""
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass, field
+
+import numpy
+
+from .grad_mode import no_grad
+from .nn import Module
+from .plugins import registry
+from .spec import ModelError, check_params, schema_of, where
+from .tensor import Tensor, tensor
+from .yaml_loader import LocatedDict, YamlError, load_yaml
+
+__all__ = ["build_model", "load_spec", "Model", "LayerNode", "ModelError", "TOP_LEVEL_KEYS", "LAYER_KEYS"]
+
+TOP_LEVEL_KEYS = ("name", "input", "layers", "output", "train")
+LAYER_KEYS = ("type", "name", "inputs")  # keys the builder itself reads; the rest go to the layer
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
+
+
+@dataclass
+class LayerNode:
+    """One layer of a built model: where it came from and what flows in and out."""
+
+    index: int
+    name: str
+    type: str
+    module: Module
+    inputs: list
+    params: dict = field(default_factory=dict)
+    input_shapes: list = field(default_factory=list)
+    output_shape: tuple = ()
+
+
+class Model(Module):
+    """A model built from a spec: a Module whose layers are named submodules.
+
+    ``model.nodes`` lists the layers in order (:class:`LayerNode`),
+    ``model.input_shape`` is the per-sample input shape, ``model.spec`` the
+    validated spec (with ``train:`` if the file had one).
+    """
+
+    def __init__(self, name: str, input_shape: tuple, nodes: list, output: str, spec: dict, source: str):
+        super().__init__()
+        object.__setattr__(self, "name", name)
+        object.__setattr__(self, "input_shape", tuple(input_shape))
+        object.__setattr__(self, "nodes", nodes)
+        object.__setattr__(self, "output", output)
+        object.__setattr__(self, "spec", spec)
+        object.__setattr__(self, "source", source)
+        for node in nodes:
+            setattr(self, node.name, node.module)
+        previous = ["input"] + [n.name for n in nodes[:-1]]
+        sequential = all(n.inputs == [p] for n, p in zip(nodes, previous)) and output == nodes[-1].name
+        object.__setattr__(self, "sequential", sequential)
+        # for graph models: after which node each value is last used, so it can be dropped early
+        last_use = {}
+        for node in nodes:
+            for name in node.inputs:
+                last_use[name] = node.index
+        object.__setattr__(self, "_last_use", last_use)
+
+    @property
+    def layers(self) -> dict:
+        """name -> layer Module, in order."""
+        return {node.name: node.module for node in self.nodes}
+
+    def forward(self, x):
+        if self.sequential:
+            for node in self.nodes:
+                x = node.module(x)
+            return x
+        values = {"input": x}
+        for node in self.nodes:
+            values[node.name] = node.module(*[values[name] for name in node.inputs])
+            for name in node.inputs:
+                if self._last_use.get(name) == node.index and name != self.output:
+                    del values[name]
+        return values[self.output]
+
+    def extra_repr(self):
+        return f"name={self.name!r}, input={self.input_shape}"
+
+
+# ----------------------------------------------------------------- reading
+def load_spec(path_or_mapping):
+    """(spec mapping, source name) from a YAML path, YAML text-free mapping, or an already-loaded dict."""
+    if isinstance(path_or_mapping, dict):
+        return path_or_mapping, "<mapping>"
+    source = str(path_or_mapping)
+    try:
+        spec = load_yaml(source)
+    except YamlError as e:
+        raise ModelError(e.message, source, e.mark) from None
+    return spec, source
+
+
+def _require(condition, message, source, container, key=None, **context):
+    if not condition:
+        raise ModelError(message, source, where(container, key), **context)
+
+
+def _input_shape(spec, source):
+    value = spec.get("input")
+    _require("input" in spec, "missing 'input' (the per-sample shape, e.g. [3, 227, 227])", source, spec)
+    ok = isinstance(value, (list, tuple)) and value and all(
+        isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)
+    _require(ok, f"'input' must be a list of positive integers (C, H, W), got {value!r}", source, spec, "input")
+    return tuple(value)
+
+
+def _layer_name(layer, index, type_name, taken, source):
+    name = layer.get("name")
+    if name is None:
+        name = f"{type_name}{index}"
+        while name in taken:
+            name += "_"
+        return name
+    context = dict(layer_index=index, layer_name=str(name))
+    _require(isinstance(name, str) and _NAME.match(name) and name != "input",
+             f"name must be an identifier-like string other than 'input', got {name!r}", source, layer, "name",
+             **context)
+    _require(name not in taken, f"duplicate layer name {name!r} (also layer {taken.get(name)})", source, layer,
+             "name", **context)
+    return name
+
+
+def _layer_inputs(layer, index, name, previous, known, source):
+    context = dict(layer_index=index, layer_name=name)
+    if "inputs" not in layer:
+        return [previous]
+    value = layer["inputs"]
+    inputs = [value] if isinstance(value, str) else value
+    _require(isinstance(inputs, list) and inputs and all(isinstance(v, str) for v in inputs),
+             f"inputs must be a layer name or a list of layer names, got {value!r}", source, layer, "inputs",
+             **context)
+    for item in inputs:
+        if item not in known:
+            close = difflib.get_close_matches(item, list(known), n=1)
+            raise ModelError(f"inputs names {item!r}, which is not an earlier layer", source,
+                             where(layer, "inputs"), hint=f"did you mean {close[0]!r}?" if close else
+                             f"earlier layers: {', '.join(known)}", **context)
+    return list(inputs)
+
+
+def _make_layer(layer, index, name, layers_registry, source):
+    context = dict(layer_index=index, layer_name=name)
+    type_name = layer["type"]
+    try:
+        entry = layers_registry[type_name]
+    except KeyError as e:
+        raise ModelError(str(e.args[0]), source, where(layer, "type"), **context) from None
+    given = LocatedDict(layer.mark if isinstance(layer, LocatedDict) else None)
+    for key, value in layer.items():
+        if key not in LAYER_KEYS:
+            given[key] = value
+            if isinstance(layer, LocatedDict):
+                given.key_marks[key] = layer.key_marks.get(key)
+                given.value_marks[key] = layer.value_marks.get(key)
+    kwargs = check_params(given, schema_of(entry), f"{entry.name}", source, context)
+    try:
+        module = entry.create(**kwargs)
+    except (ValueError, TypeError, KeyError) as e:
+        message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        raise ModelError(str(message), source, where(layer, "type"), **context) from None
+    if not isinstance(module, Module):
+        raise ModelError(f"layer type {type_name!r} (plugin {entry.plugin.name}) made a {type(module).__name__}, "
+                         "not a minidl.nn.Module", source, where(layer, "type"), **context)
+    return entry, module, kwargs
+
+
+def _infer_shape(node, source, mark, describe_inputs, dtype):
+    """Create lazy parameters and return the layer's per-sample output shape."""
+    module = node.module
+    shapes = node.input_shapes
+    try:
+        if hasattr(module, "output_shape"):
+            if not module.is_built() and hasattr(module, "build"):
+                module.build(shapes[0], None, dtype)
+            return tuple(module.output_shape(*shapes))
+        with no_grad():  # no shape rule: run it on a zero batch of one
+            was_training = module.training
+            module.eval()
+            out = module(*[tensor(numpy.zeros((1,) + tuple(s), dtype=dtype)) for s in shapes])
+            module.train(was_training)
+        if not isinstance(out, Tensor):
+            raise TypeError(f"forward returned {type(out).__name__}, not a Tensor")
+        return tuple(out.shape[1:])
+    except (ValueError, TypeError, IndexError) as e:
+        raise ModelError(f"cannot take input {describe_inputs()}: {e}", source, mark,
+                         layer_index=node.index, layer_name=node.name) from None
+
+
+def build_model(path_or_mapping, device=None, dtype="float32") -> Model:
+    """Build a :class:`Model` from a YAML file path or a mapping with the same structure.
+
+    Raises :class:`minidl.ModelError` (a ValueError) naming file:line:column,
+    the layer's index and name, and a hint, for anything wrong in the spec.
+
+    >>> model = mdl.build_model("models/alexnet-mini.yaml")
+    >>> logits = model(x)            # x: (N, 1, 28, 28)
+    """
+    spec, source = load_spec(path_or_mapping)
+    _require(isinstance(spec, dict), "a model file must be a mapping with 'name', 'input' and 'layers'", source,
+             spec)
+    for key in spec:
+        if key not in TOP_LEVEL_KEYS:
+            close = difflib.get_close_matches(str(key), TOP_LEVEL_KEYS, n=1)
+            raise ModelError(f"unknown top-level key {key!r}", source, where(spec, key),
+                             hint=f"did you mean {close[0]!r}?" if close else f"known: {', '.join(TOP_LEVEL_KEYS)}")
+    name = spec.get("name", "model")
+    _require(isinstance(name, str), f"'name' must be a string, got {name!r}", source, spec, "name")
+    input_shape = _input_shape(spec, source)
+    layers = spec.get("layers")
+    _require(isinstance(layers, list) and layers, "'layers' must be a non-empty list of layers", source, spec,
+             "layers" if "layers" in spec else None)
+
+    layers_registry = registry("layers")
+    nodes, taken = [], {}
+    shapes = {"input": input_shape}
+    for index, layer in enumerate(layers):
+        mark = where(layers, index)
+        if not isinstance(layer, dict):
+            raise ModelError(f"a layer must be a mapping with a 'type', got {layer!r}", source, mark,
+                             layer_index=index)
+        type_name = layer.get("type")
+        if not isinstance(type_name, str):
+            raise ModelError("layer has no 'type' (a string naming a registered layer)", source, mark,
+                             layer_index=index, layer_name=layer.get("name"),
+                             hint=f"known layer types: {', '.join(layers_registry.names())}")
+        node_name = _layer_name(layer, index, type_name, taken, source)
+        previous = nodes[-1].name if nodes else "input"
+        inputs = _layer_inputs(layer, index, node_name, previous, shapes, source)
+        entry, module, kwargs = _make_layer(layer, index, node_name, layers_registry, source)
+        if len(inputs) > 1 and entry.options.get("inputs") != "many":
+            raise ModelError(f"{type_name} takes one input, got {len(inputs)} ({', '.join(inputs)})", source,
+                             where(layer, "inputs"), layer_index=index, layer_name=node_name)
+        node = LayerNode(index, node_name, type_name, module, inputs, kwargs, [shapes[i] for i in inputs])
+
+        def describe(node=node):
+            parts = []
+            for i, shape in zip(node.inputs, node.input_shapes):
+                producer = next((n for n in nodes if n.name == i), None)
+                origin = (f"from layer {producer.index} {producer.name!r} ({producer.type})" if producer
+                          else "from the model input")
+                parts.append(f"{shape} {origin}")
+            return " and ".join(parts)
+
+        node.output_shape = _infer_shape(node, source, where(layer, "type") or mark, describe, dtype)
+        shapes[node_name] = node.output_shape
+        taken[node_name] = index
+        nodes.append(node)
+
+    output = spec.get("output", nodes[-1].name)
+    _require(output in shapes and output != "input", f"output {output!r} is not a layer name", source, spec,
+             "output")
+    if "train" in spec:
+        from .train_spec import validate_train_spec
+
+        validate_train_spec(spec["train"], source, where(spec, "train"))
+    model = Model(name, input_shape, nodes, output, spec, source)
+    if device is not None:
+        model.to(device)
+    return model

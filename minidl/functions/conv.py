@@ -1,0 +1,428 @@
+"""Convolution and pooling over (N, C, H, W) tensors, vectorized with im2col and GEMM.
+
+``im2col`` turns every receptive field into a column through a strided view
+(no Python loop over pixels or images), so a convolution is one batched GEMM
+over groups. ``col2im`` folds columns back with one strided add per kernel
+offset (at most kh*kw adds, each over the whole batch).
+
+The gradient of a convolution is itself made of convolutions, so each piece
+is a Function whose backward uses the others, and double backward works:
+
+    y  = conv2d(x, W)             gx = conv2d_grad_input(gy, W)   gW = conv2d_grad_weight(x, gy)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy
+
+from ..backend import get_array_module, scratch
+from ..function import Function
+from ..tensor import Tensor, _wrap
+from .linalg import matmul
+
+__all__ = [
+    "conv2d", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "conv_output_size", "im2col", "col2im", "Window",
+]
+
+
+def _pair(value, name) -> tuple:
+    pair = (value, value) if isinstance(value, (int, numpy.integer)) else tuple(value)
+    if len(pair) != 2 or any(not isinstance(v, (int, numpy.integer)) for v in pair):
+        raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
+    return int(pair[0]), int(pair[1])
+
+
+def conv_output_size(size: int, kernel: int, stride: int, padding: int, dilation: int = 1,
+                     ceil_mode: bool = False) -> int:
+    """Output length of a convolution or pooling window along one axis."""
+    span = size + 2 * padding - dilation * (kernel - 1) - 1
+    if ceil_mode:
+        out = -(-span // stride) + 1
+        if (out - 1) * stride >= size + padding:  # the last window must start inside the input
+            out -= 1
+        return out
+    return span // stride + 1
+
+
+@dataclass(frozen=True)
+class Window:
+    """Geometry of a sliding window over H and W: kernel, stride, padding, dilation."""
+
+    kh: int
+    kw: int
+    sy: int = 1
+    sx: int = 1
+    ph: int = 0
+    pw: int = 0
+    dy: int = 1
+    dx: int = 1
+
+    @classmethod
+    def make(cls, kernel_size, stride, padding, dilation=1):
+        kh, kw = _pair(kernel_size, "kernel_size")
+        sy, sx = _pair(stride, "stride")
+        ph, pw = _pair(padding, "padding")
+        dy, dx = _pair(dilation, "dilation")
+        if min(kh, kw, sy, sx, dy, dx) < 1 or min(ph, pw) < 0:
+            raise ValueError(
+                f"kernel_size, stride and dilation must be >= 1 and padding >= 0, got kernel_size={kernel_size}, "
+                f"stride={stride}, padding={padding}, dilation={dilation}"
+            )
+        return cls(kh, kw, sy, sx, ph, pw, dy, dx)
+
+    def output_hw(self, h: int, w: int, ceil_mode: bool = False) -> tuple:
+        oh = conv_output_size(h, self.kh, self.sy, self.ph, self.dy, ceil_mode)
+        ow = conv_output_size(w, self.kw, self.sx, self.pw, self.dx, ceil_mode)
+        if oh < 1 or ow < 1:
+            raise ValueError(
+                f"input of height x width {h}x{w} is too small for a {self.kh}x{self.kw} window "
+                f"(stride {self.sy}x{self.sx}, padding {self.ph}x{self.pw}, dilation {self.dy}x{self.dx})"
+            )
+        return oh, ow
+
+
+# ------------------------------------------------------------ im2col kernels
+def _padded(x, win: Window, oh: int, ow: int, value=0.0):
+    """Pad H and W so every window of the (oh, ow) output grid lies inside."""
+    xp = get_array_module(x)
+    n, c, h, w = x.shape
+    need_h = (oh - 1) * win.sy + win.dy * (win.kh - 1) + 1
+    need_w = (ow - 1) * win.sx + win.dx * (win.kw - 1) + 1
+    extra_h = max(need_h - h - 2 * win.ph, 0)  # ceil_mode may reach past the padding
+    extra_w = max(need_w - w - 2 * win.pw, 0)
+    if win.ph or win.pw or extra_h or extra_w:
+        x = xp.pad(x, ((0, 0), (0, 0), (win.ph, win.ph + extra_h), (win.pw, win.pw + extra_w)),
+                   constant_values=value)
+    return x
+
+
+def im2col(x, win: Window, oh: int, ow: int, layout: str = "ckn", pad_value=0.0):
+    """Receptive fields of x (N, C, H, W) as a contiguous array.
+
+    layout "ckn": (C, kh, kw, N, oh, ow) -- rows of a GEMM, for convolutions.
+    layout "nck": (N, C, oh, ow, kh, kw) -- windows last, for pooling.
+    """
+    xp = get_array_module(x)
+    x = _padded(x, win, oh, ow, pad_value)
+    sn, sc, sh, sw = x.strides
+    n, c = x.shape[:2]
+    if layout == "ckn":
+        shape = (c, win.kh, win.kw, n, oh, ow)
+        strides = (sc, sh * win.dy, sw * win.dx, sn, sh * win.sy, sw * win.sx)
+    else:
+        shape = (n, c, oh, ow, win.kh, win.kw)
+        strides = (sn, sc, sh * win.sy, sw * win.sx, sh * win.dy, sw * win.dx)
+    view = xp.lib.stride_tricks.as_strided(x, shape=shape, strides=strides)
+    col = scratch.empty(shape, x.dtype, xp)
+    col[...] = view
+    return col
+
+
+def col2im(col, win: Window, x_shape, layout: str = "ckn"):
+    """Sum columns back into an (N, C, H, W) array: the adjoint of :func:`im2col`."""
+    xp = get_array_module(col)
+    n, c, h, w = x_shape
+    if layout == "ckn":
+        _, _, _, _, oh, ow = col.shape
+    else:
+        _, _, oh, ow, _, _ = col.shape
+    need_h = max((oh - 1) * win.sy + win.dy * (win.kh - 1) + 1, h + 2 * win.ph)
+    need_w = max((ow - 1) * win.sx + win.dx * (win.kw - 1) + 1, w + 2 * win.pw)
+    out = xp.zeros((n, c, need_h, need_w), dtype=col.dtype)
+    for i in range(win.kh):
+        top = i * win.dy
+        for j in range(win.kw):
+            left = j * win.dx
+            patch = col[:, i, j].transpose(1, 0, 2, 3) if layout == "ckn" else col[:, :, :, :, i, j]
+            out[:, :, top:top + win.sy * oh:win.sy, left:left + win.sx * ow:win.sx] += patch
+    return out[:, :, win.ph:win.ph + h, win.pw:win.pw + w]
+
+
+# --------------------------------------------------------------- convolution
+def _conv_forward(x, W, win: Window, groups: int, col=None):
+    xp = get_array_module(x, W)
+    n, c, h, w = x.shape
+    o = W.shape[0]
+    oh, ow = win.output_hw(h, w)
+    if col is None:
+        col = im2col(x, win, oh, ow)
+    cols = col.reshape(groups, -1, n * oh * ow)  # (G, C/G*kh*kw, N*oh*ow)
+    y = xp.matmul(W.reshape(groups, o // groups, -1), cols)  # (G, O/G, N*oh*ow)
+    y = xp.ascontiguousarray(y.reshape(o, n, oh, ow).transpose(1, 0, 2, 3))
+    return y, col
+
+
+def _gy_matrix(gy, groups):
+    """gy (N, O, oh, ow) as (G, O/G, N*oh*ow)."""
+    n, o, oh, ow = gy.shape
+    return gy.transpose(1, 0, 2, 3).reshape(groups, o // groups, n * oh * ow)
+
+
+def _conv_grad_input(gy, W, win: Window, groups: int, x_shape):
+    xp = get_array_module(gy, W)
+    n, c, h, w = x_shape
+    o = W.shape[0]
+    oh, ow = gy.shape[2:]
+    Wg = W.reshape(groups, o // groups, -1)
+    gcol = scratch.empty((groups, Wg.shape[2], n * oh * ow), gy.dtype, xp)  # (G, C/G*kh*kw, N*oh*ow)
+    xp.matmul(Wg.transpose(0, 2, 1), _gy_matrix(gy, groups), out=gcol)
+    gx = xp.ascontiguousarray(col2im(gcol.reshape(c, win.kh, win.kw, n, oh, ow), win, x_shape))
+    scratch.release(gcol)
+    return gx
+
+
+def _conv_grad_weight(x, gy, win: Window, groups: int, w_shape, col):
+    xp = get_array_module(x, gy)
+    n = x.shape[0]
+    oh, ow = gy.shape[2:]
+    cols = col.reshape(groups, -1, n * oh * ow)
+    gW = xp.matmul(_gy_matrix(gy, groups), cols.transpose(0, 2, 1))  # (G, O/G, C/G*kh*kw)
+    return gW.reshape(w_shape)
+
+
+class Conv2d(Function):
+    def __init__(self, win: Window, groups: int):
+        self.win = win
+        self.groups = groups
+        self.col = None
+
+    def forward(self, x, W, b=None):
+        y, col = _conv_forward(x, W, self.win, self.groups)
+        self.col = col  # reused by the weight gradient
+        if b is not None:
+            y += b.reshape(1, -1, 1, 1)
+        return y
+
+    def backward(self, gy):
+        x, W = self.inputs[:2]
+        gx = Conv2dGradInput(self.win, self.groups, x.shape)(gy, W) if x.requires_grad else None
+        gW = Conv2dGradWeight(self.win, self.groups, W.shape, self.col)(x, gy) if W.requires_grad else None
+        if len(self.inputs) == 2:
+            return gx, gW
+        return gx, gW, gy.sum(axis=(0, 2, 3))
+
+    def release(self):
+        scratch.release(self.col)  # the graph is freed: nothing else holds the columns
+        self.col = None
+
+
+class Conv2dGradInput(Function):
+    """gx = conv2d_grad_input(gy, W): the transposed convolution."""
+
+    def __init__(self, win: Window, groups: int, x_shape):
+        self.win = win
+        self.groups = groups
+        self.x_shape = x_shape
+
+    def forward(self, gy, W):
+        return _conv_grad_input(gy, W, self.win, self.groups, self.x_shape)
+
+    def backward(self, ggx):
+        gy, W = self.inputs
+        g_gy = Conv2d(self.win, self.groups)(ggx, W) if gy.requires_grad else None
+        g_W = Conv2dGradWeight(self.win, self.groups, W.shape)(ggx, gy) if W.requires_grad else None
+        return g_gy, g_W
+
+
+class Conv2dGradWeight(Function):
+    """gW = conv2d_grad_weight(x, gy): correlation of the input with the output gradient."""
+
+    def __init__(self, win: Window, groups: int, w_shape, col=None):
+        self.win = win
+        self.groups = groups
+        self.w_shape = w_shape
+        self.col = col
+
+    def forward(self, x, gy):
+        col, self.col = self.col, None
+        owned = col is None  # computed here, so it can be recycled here
+        if owned:
+            oh, ow = gy.shape[2:]
+            col = im2col(x, self.win, oh, ow)
+        gW = _conv_grad_weight(x, gy, self.win, self.groups, self.w_shape, col)
+        if owned:
+            scratch.release(col)
+        return gW
+
+    def backward(self, ggW):
+        x, gy = self.inputs
+        g_x = Conv2dGradInput(self.win, self.groups, x.shape)(gy, ggW) if x.requires_grad else None
+        g_gy = Conv2d(self.win, self.groups)(x, ggW) if gy.requires_grad else None
+        return g_x, g_gy
+
+
+def conv2d(x, W, b=None, stride=1, padding=0, dilation=1, groups: int = 1) -> Tensor:
+    """2-D convolution (cross-correlation, as in PyTorch).
+
+    Args:
+        x: (N, C, H, W) input.
+        W: (O, C/groups, kh, kw) kernels.
+        b: optional (O,) bias.
+        stride, padding, dilation: ints or (h, w) pairs.
+        groups: split channels into this many independent convolutions
+            (AlexNet's two columns are groups=2).
+
+    Returns (N, O, oh, ow).
+    """
+    if x.ndim != 4 or W.ndim != 4:
+        raise ValueError(f"conv2d: expected x (N, C, H, W) and W (O, C/groups, kh, kw), got {x.shape} and {W.shape}")
+    c, o = x.shape[1], W.shape[0]
+    if c % groups or o % groups or W.shape[1] * groups != c:
+        raise ValueError(
+            f"conv2d: input with {c} channels and weight of shape {W.shape} do not fit groups={groups} "
+            f"(need in_channels = W.shape[1] * groups and out_channels divisible by groups)"
+        )
+    if b is not None and tuple(b.shape) != (o,):
+        raise ValueError(f"conv2d: bias of shape {tuple(b.shape)} does not match {o} output channels")
+    win = Window.make((W.shape[2], W.shape[3]), stride, padding, dilation)
+    win.output_hw(x.shape[2], x.shape[3])  # fail early on too-small inputs
+    inputs = (x, W) if b is None else (x, W, b)
+    return Conv2d(win, groups)(*inputs)
+
+
+# ------------------------------------------------------------------- pooling
+class MaxPool2d(Function):
+    def __init__(self, win: Window, ceil_mode: bool):
+        self.win = win
+        self.ceil_mode = ceil_mode
+
+    def forward(self, x):
+        xp = get_array_module(x)
+        n, c, h, w = x.shape
+        oh, ow = self.win.output_hw(h, w, self.ceil_mode)
+        pad_value = -numpy.inf if x.dtype.kind == "f" else numpy.iinfo(x.dtype).min
+        col = im2col(x, self.win, oh, ow, layout="nck", pad_value=pad_value)
+        col = col.reshape(n, c, oh, ow, -1)
+        self.indexes = col.argmax(axis=4)[..., None]  # (N, C, oh, ow, 1)
+        self.x_shape = x.shape
+        return xp.take_along_axis(col, self.indexes, axis=4)[..., 0]
+
+    def backward(self, gy):
+        return MaxPool2dGrad(self.win, self.indexes, self.x_shape)(gy)
+
+
+class MaxPool2dGrad(Function):
+    """Route each output gradient to the input element that won its window."""
+
+    def __init__(self, win: Window, indexes, x_shape):
+        self.win = win
+        self.indexes = indexes
+        self.x_shape = x_shape
+
+    def forward(self, gy):
+        xp = get_array_module(gy)
+        n, c, oh, ow = gy.shape
+        gcol = xp.zeros((n, c, oh, ow, self.win.kh * self.win.kw), dtype=gy.dtype)
+        xp.put_along_axis(gcol, self.indexes, gy[..., None], axis=4)
+        gcol = gcol.reshape(n, c, oh, ow, self.win.kh, self.win.kw)
+        return xp.ascontiguousarray(col2im(gcol, self.win, self.x_shape, layout="nck"))
+
+    def backward(self, ggx):
+        return _MaxPool2dSelect(self.win, self.indexes, self.inputs[0].shape[2:])(ggx)
+
+
+class _MaxPool2dSelect(Function):
+    """Pick, in every window of ggx, the element where the forward max was (double backward)."""
+
+    def __init__(self, win: Window, indexes, out_hw):
+        self.win = win
+        self.indexes = indexes
+        self.out_hw = out_hw
+
+    def forward(self, x):
+        xp = get_array_module(x)
+        n, c = x.shape[:2]
+        col = im2col(x, self.win, *self.out_hw, layout="nck").reshape(n, c, *self.out_hw, -1)
+        self.x_shape = x.shape
+        return xp.take_along_axis(col, self.indexes, axis=4)[..., 0]
+
+    def backward(self, gy):
+        return MaxPool2dGrad(self.win, self.indexes, self.x_shape)(gy)
+
+
+def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode: bool = False) -> Tensor:
+    """Max over sliding windows; ``stride < kernel_size`` gives AlexNet's overlapping pooling.
+
+    ``stride`` defaults to ``kernel_size``. Padding counts as -inf.
+    """
+    win = Window.make(kernel_size, kernel_size if stride is None else stride, padding, dilation)
+    if 2 * win.ph > win.kh or 2 * win.pw > win.kw:
+        raise ValueError(f"max_pool2d: padding {padding} must be at most half the kernel size {kernel_size}")
+    return MaxPool2d(win, ceil_mode)(x)
+
+
+class _WindowSum(Function):
+    """Sum over each window (zero padding); linear, so its adjoint is its gradient."""
+
+    def __init__(self, win: Window, out_hw):
+        self.win = win
+        self.out_hw = out_hw
+
+    def forward(self, x):
+        self.x_shape = x.shape
+        return im2col(x, self.win, *self.out_hw, layout="nck").sum(axis=(4, 5))
+
+    def backward(self, gy):
+        return _WindowSumAdjoint(self.win, self.x_shape)(gy)
+
+
+class _WindowSumAdjoint(Function):
+    def __init__(self, win: Window, x_shape):
+        self.win = win
+        self.x_shape = x_shape
+
+    def forward(self, gy):
+        xp = get_array_module(gy)
+        gcol = xp.broadcast_to(gy[..., None, None], gy.shape + (self.win.kh, self.win.kw))
+        return xp.ascontiguousarray(col2im(gcol, self.win, self.x_shape, layout="nck"))
+
+    def backward(self, ggx):
+        return _WindowSum(self.win, self.inputs[0].shape[2:])(ggx)
+
+
+def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode: bool = False,
+               count_include_pad: bool = True) -> Tensor:
+    """Mean over sliding windows (PyTorch's defaults: padding zeros count in the mean)."""
+    win = Window.make(kernel_size, kernel_size if stride is None else stride, padding)
+    oh, ow = win.output_hw(x.shape[2], x.shape[3], ceil_mode)
+    sums = _WindowSum(win, (oh, ow))(x)
+    xp = x.device.xp
+    if count_include_pad and not ceil_mode:
+        return sums * (1.0 / (win.kh * win.kw))
+    # The divisor varies by position: count the elements each window covers.
+    ones = xp.ones((1, 1) + x.shape[2:], dtype=x.dtype)
+    if count_include_pad:
+        ones = xp.pad(ones, ((0, 0), (0, 0), (win.ph, win.ph), (win.pw, win.pw)), constant_values=1)
+        unpadded = Window(win.kh, win.kw, win.sy, win.sx, 0, 0, win.dy, win.dx)
+        counts = im2col(ones, unpadded, oh, ow, layout="nck").sum(axis=(4, 5))
+    else:
+        counts = im2col(ones, win, oh, ow, layout="nck").sum(axis=(4, 5))
+    return sums / _wrap(counts, x.device)
+
+
+def _adaptive_matrix(xp, size: int, out: int, dtype):
+    """(out, size) averaging matrix of adaptive pooling: bin i covers [floor(i*size/out), ceil((i+1)*size/out))."""
+    m = numpy.zeros((out, size))
+    for i in range(out):
+        start, stop = (i * size) // out, -(-((i + 1) * size) // out)
+        m[i, start:stop] = 1.0 / (stop - start)
+    return xp.asarray(m.astype(dtype))
+
+
+def adaptive_avg_pool2d(x, output_size) -> Tensor:
+    """Average-pool to a fixed (oh, ow) whatever the input size (torchvision AlexNet's 6x6).
+
+    Computed as P_h @ x @ P_w^T with constant averaging matrices, so it is
+    two matmuls and its gradient comes for free.
+    """
+    oh, ow = _pair(output_size, "output_size")
+    h, w = x.shape[2], x.shape[3]
+    if (oh, ow) == (h, w):
+        return x
+    xp = x.device.xp
+    ph = _wrap(_adaptive_matrix(xp, h, oh, x.dtype), x.device)
+    pw = _wrap(_adaptive_matrix(xp, w, ow, x.dtype).T.copy(), x.device)
+    return matmul(matmul(ph, x), pw)
+
+

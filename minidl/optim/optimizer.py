@@ -1,0 +1,105 @@
+"""Optimizer: the base class of every optimizer plugin (parameter groups, state, step)."""
+from __future__ import annotations
+
+import numpy
+
+from ..backend import CPU, transfer
+from ..tensor import Parameter, Tensor
+
+__all__ = ["Optimizer"]
+
+
+class Optimizer:
+    """Updates parameters in place from their ``.grad``.
+
+    ``params`` is an iterable of Parameters or of parameter-group dicts
+    (``{"params": [...], "lr": 0.001}``); a group's keys override the
+    optimizer's defaults, as in PyTorch. Subclasses implement
+    :meth:`update`, called for each parameter that has a gradient; ``state``
+    is that parameter's dict of arrays (momentum buffers and so on).
+
+    Updates run on raw arrays (no graph), on the parameter's device.
+    """
+
+    def __init__(self, params, defaults: dict):
+        self.defaults = dict(defaults)
+        groups = list(params)
+        if not groups:
+            raise ValueError(f"{type(self).__name__}: got an empty parameter list")
+        if not isinstance(groups[0], dict):
+            groups = [{"params": groups}]
+        self.param_groups = []
+        seen = set()
+        for group in groups:
+            params = list(group["params"]) if not isinstance(group["params"], Tensor) else [group["params"]]
+            for p in params:
+                if not isinstance(p, Tensor) or not p.requires_grad:
+                    raise TypeError(f"{type(self).__name__}: can only optimize tensors that require grad, got {p!r}")
+                if id(p) in seen:
+                    raise ValueError(f"{type(self).__name__}: a parameter appears in more than one group")
+                seen.add(id(p))
+            unknown = set(group) - set(self.defaults) - {"params"}
+            if unknown:
+                raise ValueError(f"{type(self).__name__}: unknown option(s) {sorted(unknown)} in a parameter group; "
+                                 f"known: {sorted(self.defaults)}")
+            self.param_groups.append({**self.defaults, **group, "params": params})
+        self.state = {}  # id(param) -> dict
+        self.step_count = 0
+
+    def zero_grad(self) -> None:
+        for group in self.param_groups:
+            for p in group["params"]:
+                p.grad = None
+
+    def step(self) -> None:
+        """Apply one update to every parameter with a gradient."""
+        self.step_count += 1
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state.setdefault(id(p), {})
+                self.update(p, p.grad.data, state, group)
+
+    def update(self, param: Parameter, grad, state: dict, group: dict) -> None:
+        raise NotImplementedError
+
+    # -------------------------------------------------------------- state
+    def state_dict(self) -> dict:
+        """{"state": {index: {name: array}}, "param_groups": [...], "step_count": n}; host copies of arrays."""
+        index = {}
+        groups = []
+        for group in self.param_groups:
+            ids = []
+            for p in group["params"]:
+                index[id(p)] = len(index)
+                ids.append(index[id(p)])
+            groups.append({**{k: v for k, v in group.items() if k != "params"}, "params": ids})
+        state = {}
+        for pid, values in self.state.items():
+            if pid in index:
+                state[index[pid]] = {k: _host_copy(v) for k, v in values.items()}
+        return {"state": state, "param_groups": groups, "step_count": self.step_count}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        groups = state_dict["param_groups"]
+        if len(groups) != len(self.param_groups) or any(
+            len(g["params"]) != len(own["params"]) for g, own in zip(groups, self.param_groups)
+        ):
+            raise ValueError(f"{type(self).__name__}.load_state_dict: parameter groups do not match the optimizer's")
+        params = [p for group in self.param_groups for p in group["params"]]
+        self.state = {}
+        for key, values in state_dict["state"].items():
+            p = params[int(key)]
+            self.state[id(p)] = {k: transfer(_host_copy(v), p.device) if hasattr(v, "shape") else v
+                                 for k, v in values.items()}
+        for own, saved in zip(self.param_groups, groups):
+            own.update({k: v for k, v in saved.items() if k != "params"})
+        self.step_count = int(state_dict.get("step_count", 0))
+
+
+def _host_copy(value):
+    """A NumPy copy of an array (so saved state never aliases live buffers); other values as they are."""
+    if hasattr(value, "shape"):
+        return numpy.array(transfer(value, CPU), copy=True)
+    return value

@@ -1,0 +1,76 @@
+"""Gradient-check a whole layer (a Module): its input and every parameter, in float64."""
+from __future__ import annotations
+
+import numpy
+
+from .. import random
+from ..tensor import Tensor, tensor
+from .gradcheck import gradcheck, gradgradcheck
+
+__all__ = ["check_layer", "functional_call"]
+
+DEFAULT_INPUT_SHAPE = (2, 3, 5, 5)
+
+
+def _parameter_slots(module):
+    """[(owner module, attribute name, Parameter)] for every parameter, each once."""
+    slots, seen = [], set()
+    for _, owner in module.named_modules():
+        for name, p in owner._parameters.items():
+            if id(p) not in seen:
+                seen.add(id(p))
+                slots.append((owner, name, p))
+    return slots
+
+
+def functional_call(module, params, *args, seed: int | None = None):
+    """Call ``module(*args)`` with its parameters replaced by ``params`` (same order as ``parameters()``).
+
+    The replacements are used as they are (gradients flow into them), and
+    the module's own parameters are restored afterwards. With ``seed``, the
+    random generator is reseeded first, so stochastic layers (dropout) draw
+    the same mask on every call.
+    """
+    slots = _parameter_slots(module)
+    if len(params) != len(slots):
+        raise ValueError(f"functional_call: {len(slots)} parameters expected, got {len(params)}")
+    try:
+        for (owner, name, _), value in zip(slots, params):
+            object.__setattr__(owner, name, value)
+        if seed is not None:
+            random.manual_seed(seed)
+        return module(*args)
+    finally:
+        for owner, name, original in slots:
+            object.__setattr__(owner, name, original)
+
+
+def check_layer(layer, input_shape=DEFAULT_INPUT_SHAPE, device=None, seed: int = 0, second_order: bool = False,
+                **gradcheck_options) -> bool:
+    """Gradient-check ``layer`` with respect to its input and all its parameters, in float64.
+
+    Lazily created parameters are created by a first call on a float64 input;
+    parameters created eagerly are cast to float64 (the check needs its
+    precision). The layer stays in its current mode (train or eval); the
+    random generator is reseeded before every call, so dropout is checked
+    with a fixed mask.
+
+    >>> mdl.testing.check_layer(MyLayer(), input_shape=(2, 3, 8, 8))
+    True
+    """
+    rng = numpy.random.default_rng(seed)
+    x = tensor(rng.standard_normal(input_shape), requires_grad=True, device=device, dtype="float64")
+    random.manual_seed(seed)
+    layer(x)  # builds lazy parameters from the input's shape and dtype
+    for p in layer.parameters():
+        if p.dtype != numpy.float64:
+            p.data = p.data.astype(numpy.float64)
+    params = [Tensor(p.data, requires_grad=True, device=p.device) for p in layer.parameters()]
+
+    def run(x_, *ps):
+        return functional_call(layer, list(ps), x_, seed=seed + 1)
+
+    ok = gradcheck(run, [x] + params, seed=seed, **gradcheck_options)
+    if second_order:
+        ok = ok and gradgradcheck(run, [x] + params, seed=seed, **gradcheck_options)
+    return ok

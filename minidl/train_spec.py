@@ -1,0 +1,76 @@
+"""The ``train:`` section of a model file: validated like layers, against the registries.
+
+    train:
+      epochs: 15
+      batch_size: 128
+      optimizer: {type: sgd, lr: 0.02, momentum: 0.9, weight_decay: 5.0e-4}
+      scheduler: {type: cosine, t_max: 15, warmup_steps: 1}
+      data: {type: fashion-mnist}
+      augmentation: [{type: random_crop, size: 28, padding: 2}, {type: hflip}]
+      seed: 0
+"""
+from __future__ import annotations
+
+import difflib
+
+from .plugins import registry
+from .spec import ModelError, check_params, schema_of, where
+from .yaml_loader import LocatedDict
+
+__all__ = ["TRAIN_KEYS", "validate_train_spec"]
+
+TRAIN_KEYS = {
+    "epochs": int, "steps": int, "batch_size": int, "seed": int, "eval_batch_size": int,
+    "optimizer": dict, "scheduler": dict, "data": dict, "augmentation": list, "preset": str,
+    "label_smoothing": float, "keep_checkpoints": int, "log_every": int,
+}
+_COMPONENTS = {  # key -> (registry kind, leading positional parameters the framework passes)
+    "optimizer": ("optimizers", 1),
+    "scheduler": ("schedulers", 1),
+    "data": ("datasets", 0),
+}
+
+
+def _component(spec, kind, skip, source, what):
+    if not isinstance(spec.get("type"), str):
+        raise ModelError(f"{what} needs a 'type' naming a registered {kind[:-1]}", source, where(spec))
+    reg = registry(kind)
+    try:
+        entry = reg[spec["type"]]
+    except KeyError as e:
+        raise ModelError(str(e.args[0]), source, where(spec, "type")) from None
+    given = {k: v for k, v in spec.items() if k != "type"}
+    if isinstance(spec, LocatedDict):
+        located = LocatedDict(spec.mark)
+        located.update(given)
+        located.key_marks = {k: m for k, m in spec.key_marks.items() if k != "type"}
+        located.value_marks = {k: m for k, m in spec.value_marks.items() if k != "type"}
+        given = located
+    check_params(given, schema_of(entry, skip=skip), f"{what} {entry.name}", source, {})
+
+
+def validate_train_spec(train, source: str, mark=None) -> None:
+    """Raise :class:`ModelError` (with file:line:column) for anything wrong in a ``train:`` mapping."""
+    if not isinstance(train, dict):
+        raise ModelError("'train' must be a mapping", source, mark)
+    for key, value in train.items():
+        if key not in TRAIN_KEYS:
+            close = difflib.get_close_matches(str(key), TRAIN_KEYS, n=1)
+            raise ModelError(f"unknown key {key!r} in train", source, where(train, key),
+                             hint=f"did you mean {close[0]!r}?" if close else f"known: {', '.join(TRAIN_KEYS)}")
+        expected = TRAIN_KEYS[key]
+        ok = isinstance(value, expected) and not (expected in (int, float) and isinstance(value, bool))
+        if expected is float and isinstance(value, int) and not isinstance(value, bool):
+            ok = True
+        if not ok:
+            raise ModelError(f"train.{key} must be {expected.__name__}, got {value!r}", source, where(train, key))
+        if expected is int and value < 0:
+            raise ModelError(f"train.{key} must be >= 0, got {value}", source, where(train, key))
+    for key, (kind, skip) in _COMPONENTS.items():
+        if key in train:
+            _component(train[key], kind, skip, source, f"train.{key}")
+    for i, item in enumerate(train.get("augmentation", [])):
+        if not isinstance(item, dict):
+            raise ModelError(f"train.augmentation[{i}] must be a mapping with a 'type'", source,
+                             where(train["augmentation"], i))
+        _component(item, "transforms", 0, source, f"train.augmentation[{i}]")

@@ -1,0 +1,78 @@
+"""Conv2d: 2-D convolution with stride, padding, dilation, groups and bias."""
+from __future__ import annotations
+
+import minidl as mdl
+import minidl.functions as F
+from minidl.functions.conv import Window
+from minidl.plugins import make_initializer
+
+
+class Conv2d(mdl.nn.Module):
+    """2-D convolution over (N, C, H, W); weights (out_channels, in_channels/groups, kh, kw).
+
+    ``in_channels`` is learned from the first input when omitted. AlexNet's
+    two columns are ``groups=2``. ``weight_init``/``bias_init`` take an
+    initializer spec (``{type: normal, std: 0.01}``, a number for a constant);
+    the default is PyTorch's U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+
+    YAML: ``{type: conv2d, out_channels: 96, kernel_size: 11, stride: 4}``
+    """
+
+    def __init__(self, out_channels: int, kernel_size: int | tuple, stride: int | tuple = 1,
+                 padding: int | tuple = 0, dilation: int | tuple = 1, groups: int = 1, bias: bool = True,
+                 in_channels: int | None = None, weight_init=None, bias_init=None):
+        super().__init__()
+        if out_channels < 1 or groups < 1 or out_channels % groups:
+            raise ValueError(f"conv2d: out_channels={out_channels} must be positive and divisible by groups={groups}")
+        self.window = Window.make(kernel_size, stride, padding, dilation)
+        self.out_channels = out_channels
+        self.groups = groups
+        self.use_bias = bias
+        self.in_channels = in_channels
+        self.weight_init = make_initializer(weight_init)
+        self.bias_init = make_initializer(bias_init)
+        self.register_parameter("weight", None)
+        self.register_parameter("bias", None)
+        if in_channels is not None:
+            self.build((in_channels,))
+
+    def build(self, input_shape, device=None, dtype="float32") -> None:
+        """Create the parameters for inputs of per-sample shape (C, H, W)."""
+        in_channels = input_shape[0]
+        if in_channels % self.groups:
+            raise ValueError(f"conv2d: {in_channels} input channels are not divisible by groups={self.groups}")
+        self.in_channels = in_channels
+        w = self.window
+        shape = (self.out_channels, in_channels // self.groups, w.kh, w.kw)
+        fan_in = shape[1] * w.kh * w.kw
+        self.weight = mdl.Parameter(self.weight_init(shape, dtype, device), device=device)
+        if self.use_bias:
+            self.bias = mdl.Parameter(self.bias_init((self.out_channels,), dtype, device, fan_in=fan_in), device=device)
+
+    def output_shape(self, input_shape) -> tuple:
+        if len(input_shape) != 3:
+            raise ValueError(f"conv2d expects (C, H, W) inputs, got per-sample shape {tuple(input_shape)}")
+        c, h, w = input_shape
+        if self.in_channels is not None and c != self.in_channels:
+            raise ValueError(f"conv2d expects {self.in_channels} input channels, got {c}")
+        if c % self.groups:
+            raise ValueError(f"conv2d: {c} input channels are not divisible by groups={self.groups}")
+        oh, ow = self.window.output_hw(h, w)
+        return (self.out_channels, oh, ow)
+
+    def macs(self, input_shape) -> int:
+        """Multiply-accumulates per sample: one per kernel tap per output element."""
+        out_c, oh, ow = self.output_shape(input_shape)
+        return out_c * oh * ow * (input_shape[0] // self.groups) * self.window.kh * self.window.kw
+
+    def forward(self, x):
+        if self.weight is None:
+            self.build(x.shape[1:], x.device, x.dtype)
+        w = self.window
+        return F.conv2d(x, self.weight, self.bias, stride=(w.sy, w.sx), padding=(w.ph, w.pw),
+                        dilation=(w.dy, w.dx), groups=self.groups)
+
+    def extra_repr(self):
+        w = self.window
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size=({w.kh}, {w.kw}), stride=({w.sy}, {w.sx}), "
+                f"padding=({w.ph}, {w.pw}), groups={self.groups}")
