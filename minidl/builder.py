@@ -185,7 +185,7 @@ def _make_layer(layer, index, name, layers_registry, source):
     kwargs = check_params(given, schema_of(entry), f"{entry.name}", source, context)
     try:
         module = entry.create(**kwargs)
-    except (ValueError, TypeError, KeyError) as e:
+    except (ValueError, TypeError, KeyError, IndexError, ArithmeticError) as e:
         message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
         raise ModelError(str(message), source, where(layer, "type"), **context) from None
     if not isinstance(module, Module):
@@ -202,7 +202,7 @@ def _infer_shape(node, source, mark, describe_inputs, dtype):
         if hasattr(module, "output_shape"):
             if not module.is_built() and hasattr(module, "build"):
                 module.build(shapes[0], None, dtype)
-            return tuple(module.output_shape(*shapes))
+            return tuple(int(n) for n in module.output_shape(*shapes))
         with no_grad():  # no shape rule: run it on a zero batch of one
             was_training = module.training
             module.eval()
@@ -210,8 +210,8 @@ def _infer_shape(node, source, mark, describe_inputs, dtype):
             module.train(was_training)
         if not isinstance(out, Tensor):
             raise TypeError(f"forward returned {type(out).__name__}, not a Tensor")
-        return tuple(out.shape[1:])
-    except (ValueError, TypeError, IndexError) as e:
+        return tuple(int(n) for n in out.shape[1:])
+    except (ValueError, TypeError, IndexError, KeyError, ArithmeticError) as e:
         raise ModelError(f"cannot take input {describe_inputs()}: {e}", source, mark,
                          layer_index=node.index, layer_name=node.name) from None
 
@@ -272,6 +272,9 @@ def build_model(path_or_mapping, device=None, dtype="float32") -> Model:
             return " and ".join(parts)
 
         node.output_shape = _infer_shape(node, source, where(layer, "type") or mark, describe, dtype)
+        if not all(isinstance(n, int) and n > 0 for n in node.output_shape):
+            raise ModelError(f"produces an empty output of shape {node.output_shape} from input {describe()}",
+                             source, where(layer, "type") or mark, layer_index=index, layer_name=node_name)
         shapes[node_name] = node.output_shape
         taken[node_name] = index
         nodes.append(node)

@@ -1,4 +1,4 @@
-"""The ``minidl`` command line: ``minidl plugins [--json]`` (more subcommands join as they land)."""
+"""The ``minidl`` command line: ``plugins``, ``summary`` (and more as they land)."""
 from __future__ import annotations
 
 import argparse
@@ -32,6 +32,16 @@ def _cmd_plugins(args) -> int:
     return 1 if errors else 0
 
 
+def _cmd_summary(args) -> int:
+    from .builder import build_model
+    from .summary import format_table, summarize
+
+    model = build_model(args.model)
+    summary = summarize(model, batch=args.batch)
+    print(json.dumps(summary, indent=2) if args.json else format_table(summary))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -41,12 +51,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("plugins", help="list plugins, their packages, status and what they register")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(run=_cmd_plugins)
+
+    p = sub.add_parser("summary", help="per-layer output shape, parameters, MACs, device and activation memory")
+    p.add_argument("model", help="model YAML file")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--batch", type=int, default=1, help="batch size for shapes and activation memory")
+    p.set_defaults(run=_cmd_summary)
     return parser
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    return args.run(args)
+    try:
+        return args.run(args)
+    except ValueError as e:  # ModelError and friends: the message names file, line and layer
+        print(f"minidl {args.command}: error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

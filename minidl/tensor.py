@@ -240,7 +240,7 @@ def tensor(data, requires_grad: bool = False, device=None, dtype=None) -> Tensor
         data: the values.
         requires_grad: record ops on this tensor for backward.
         device: ``"cpu"`` (default), ``"cpu:N"`` or ``"cuda:N"``.
-        dtype: e.g. ``"float32"``, ``"float64"``, ``"float16"``, ``mdl.bfloat16()``.
+        dtype: e.g. ``"float32"``, ``"float64"``, ``"float16"``, ``"bfloat16"`` or ``mdl.bfloat16``.
 
     >>> x = mdl.tensor([[1.0, 2.0]], requires_grad=True)
     """

@@ -80,8 +80,10 @@ class Pow(Function):
 
     def backward(self, gy):
         a, b = self.inputs
-        ga = sum_to(gy * b * a ** (b - 1), a.shape) if a.requires_grad else None
-        gb = sum_to(gy * self.output * log(a), b.shape) if b.requires_grad else None
+        # 0 ** b: the formulas give 0 * inf and 0 * log(0); the limits are 0, as in PyTorch
+        ga = sum_to(where(b.data == 0, 0.0, gy * b * a ** (b - 1)), a.shape) if a.requires_grad else None
+        at_zero = (a.data == 0) & (b.data >= 0)
+        gb = sum_to(where(at_zero, 0.0, gy * self.output * log(a)), b.shape) if b.requires_grad else None
         return ga, gb
 
 

@@ -126,7 +126,8 @@ def _elementwise(inputs, checked, analytic, loss_at, eps, atol, rtol, raise_exce
             minus = list(inputs)
             minus[i] = _shifted(x, -delta)
             numeric.flat[flat] = (loss_at(plus) - loss_at(minus)) / (2 * eps)
-        bad = numpy.abs(analytic[slot] - numeric) > atol + rtol * numpy.abs(numeric)
+        # written as "not within" so that a NaN anywhere counts as a failure
+        bad = ~(numpy.abs(analytic[slot] - numeric) <= atol + rtol * numpy.abs(numeric))
         if bad.any():
             where = numpy.unravel_index(int(numpy.argmax(bad)), x.shape) if x.ndim else ()
             return _fail(
@@ -149,7 +150,7 @@ def _directional(inputs, checked, analytic, loss_at, eps, atol, rtol, rng, direc
             minus[i] = _shifted(inputs[i], -eps * v)
         numeric = (loss_at(plus) - loss_at(minus)) / (2 * eps)
         exact = sum(float((g * v).sum()) for g, v in zip(analytic, vs))
-        if abs(exact - numeric) > atol + rtol * abs(numeric):
+        if not abs(exact - numeric) <= atol + rtol * abs(numeric):  # NaN fails too
             return _fail(
                 f"directional check {d}: analytic {exact:.8g} vs numerical {numeric:.8g} "
                 f"(atol {atol}, rtol {rtol})",

@@ -91,3 +91,18 @@ def test_a_third_party_style_op_written_with_xp():
     x = x64((5,))
     assert gradcheck(lambda a: Softplus()(a), [x])
     assert gradgradcheck(lambda a: Softplus()(a), [x])
+
+
+class NanGradient(mdl.Function):
+    def forward(self, x):
+        return x * 2
+
+    def backward(self, gy):
+        return gy * float("nan")
+
+
+def test_gradcheck_fails_on_nan_gradients():
+    with pytest.raises(GradcheckError):
+        gradcheck(lambda a: NanGradient()(a), [x64((3,))])
+    with pytest.raises(GradcheckError, match="directional"):
+        gradcheck(lambda a: NanGradient()(a), [x64((30, 30))], max_elements=10)

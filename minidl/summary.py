@@ -1,0 +1,76 @@
+"""Per-layer output shapes, parameters, multiply-accumulates and activation memory of a built model."""
+from __future__ import annotations
+
+import numpy
+
+__all__ = ["summarize", "format_table"]
+
+
+def _layer_params(module) -> int:
+    return sum(p.size for p in module.parameters())
+
+
+def _layer_device(module, default: str) -> str:
+    for p in module.parameters():
+        return str(p.device)
+    return default
+
+
+def summarize(model, batch: int = 1, dtype="float32") -> dict:
+    """The summary as a dict: {"name", "input", "params", "macs", "activation_bytes", "layers": [...]}.
+
+    ``macs`` are per image (convolutions and fully connected layers; a layer
+    plugin reports its own through a ``macs(input_shape)`` method).
+    Activation memory is the layer's output for ``batch`` images of ``dtype``.
+    """
+    itemsize = numpy.dtype(dtype).itemsize
+    default_device = _layer_device(model, "cpu:0")
+    layers = []
+    for node in model.nodes:
+        macs = int(node.module.macs(*node.input_shapes)) if hasattr(node.module, "macs") else 0
+        layers.append({
+            "index": node.index,
+            "name": node.name,
+            "type": node.type,
+            "inputs": list(node.inputs),
+            "output_shape": [batch] + list(node.output_shape),
+            "params": _layer_params(node.module),
+            "macs": macs,
+            "device": _layer_device(node.module, default_device),
+            "activation_bytes": int(numpy.prod(node.output_shape)) * batch * itemsize,
+        })
+    return {
+        "name": model.name,
+        "input": [batch] + list(model.input_shape),
+        "params": model.num_parameters(),
+        "macs": sum(layer["macs"] for layer in layers),
+        "activation_bytes": sum(layer["activation_bytes"] for layer in layers),
+        "batch": batch,
+        "layers": layers,
+    }
+
+
+def _bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+
+
+def format_table(summary: dict) -> str:
+    """A fixed-width table for people (``minidl summary``)."""
+    head = ["#", "name", "type", "output shape", "params", "MACs", "device", "activations"]
+    rows = [[str(l["index"]), l["name"], l["type"], "x".join(map(str, l["output_shape"])), f"{l['params']:,}",
+             f"{l['macs']:,}", l["device"], _bytes(l["activation_bytes"])] for l in summary["layers"]]
+    widths = [max(len(r[i]) for r in rows + [head]) for i in range(len(head))]
+    right = {0, 4, 5, 7}
+
+    def line(cells):
+        return "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+
+    out = [f"{summary['name']}: input {'x'.join(map(str, summary['input']))}", line(head),
+           "  ".join("-" * w for w in widths)]
+    out += [line(r) for r in rows]
+    out.append(f"total: {summary['params']:,} parameters, {summary['macs']:,} MACs per image, "
+               f"{_bytes(summary['activation_bytes'])} of activations for batch {summary['batch']}")
+    return "\n".join(out)

@@ -1,0 +1,73 @@
+"""Matrix products (minidl/functions/linalg.py): 1-D, 2-D, batched and broadcasting batch axes."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import assume, given
+from hypothesis import strategies as st
+
+import minidl as mdl
+import minidl.functions as F
+from minidl.testing import strategies as mst
+
+from ._opcheck import (  # noqa: F401 - reference is a fixture
+    check_dtype, check_gradgrad, check_op, fixed_array, op_settings, reference,
+)
+
+KINDS = ["vector@vector", "vector@matrix", "matrix@vector", "matrix@matrix", "batched",
+         "broadcast_batch", "vector@batched", "batched@vector"]
+SIDES = st.integers(1, 4)
+
+
+@st.composite
+def matmul_operands(draw, kind):
+    """Two float64 arrays whose product is of the given kind."""
+    m, k, n = draw(SIDES), draw(SIDES), draw(SIDES)
+    batch = draw(mst.shapes(min_dims=1, max_dims=2, max_side=3))
+    left, right = kind.split("@") if "@" in kind else (kind, kind)
+    if kind == "broadcast_batch":
+        batch_a, batch_b = draw(mst.broadcastable_shapes(2, min_dims=1, max_dims=3, max_side=3))
+        assume(batch_a != batch_b)
+    else:
+        batch_a = batch_b = batch
+    shape_a = {"vector": (k,), "matrix": (m, k)}.get(left, batch_a + (m, k))
+    shape_b = {"vector": (k,), "matrix": (k, n)}.get(right, batch_b + (k, n))
+    return draw(mst.arrays(shape=shape_a)), draw(mst.arrays(shape=shape_b))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@op_settings()
+@given(data=st.data())
+def test_matmul(kind, device, reference, data):
+    a, b = data.draw(matmul_operands(kind), label="a, b")
+    check_op(F.matmul, [a, b], device, reference, np.matmul, lambda x, y: x @ y)
+
+
+@op_settings(fraction=0.4)
+@given(operands=matmul_operands("broadcast_batch"))
+def test_matmul_operator(device, reference, operands):
+    check_op(lambda x, y: x @ y, list(operands), device, reference, np.matmul, lambda x, y: x @ y)
+
+
+# ------------------------------------------------------- second derivatives
+GRADGRAD = {
+    "vector@vector": [(4,), (4,)],
+    "vector@matrix": [(3,), (3, 2)],
+    "matrix@vector": [(2, 3), (3,)],
+    "matrix@matrix": [(2, 3), (3, 4)],
+    "broadcast_batch": [(2, 1, 2, 3), (3, 3, 2)],
+    "batched@vector": [(2, 2, 3), (3,)],
+}
+
+
+@pytest.mark.parametrize("kind", GRADGRAD)
+def test_gradgradcheck(kind, device, rng):
+    arrays = [fixed_array(rng, shape) for shape in GRADGRAD[kind]]
+    # (a @ b) * (a @ b): the product alone is bilinear, its second derivative in (a, b) jointly is not 0
+    check_gradgrad(lambda a, b: F.matmul(a, b) * F.matmul(a, b), arrays, device)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+def test_dtype_kept(dtype, device, rng):
+    dtype = mdl.bfloat16 if dtype == "bfloat16" else dtype
+    check_dtype(F.matmul, [fixed_array(rng, (2, 3, 4)), fixed_array(rng, (4, 2))], dtype, device)
