@@ -98,7 +98,7 @@ class Model(Module):
         values = {"input": x}
         for node in self.nodes:
             values[node.name] = node.module(*[values[name] for name in node.inputs])
-            for name in node.inputs:
+            for name in dict.fromkeys(node.inputs):  # a layer may read one value twice ([x, x])
                 if self._last_use.get(name) == node.index and name != self.output:
                     del values[name]
         return values[self.output]
@@ -280,7 +280,8 @@ def build_model(path_or_mapping, device=None, dtype="float32") -> Model:
         nodes.append(node)
 
     output = spec.get("output", nodes[-1].name)
-    _require(output in shapes and output != "input", f"output {output!r} is not a layer name", source, spec,
+    _require(isinstance(output, str) and output in shapes and output != "input",
+             f"output {output!r} is not a layer name", source, spec,
              "output")
     if "train" in spec:
         from .train_spec import validate_train_spec

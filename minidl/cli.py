@@ -1,9 +1,10 @@
-"""The ``minidl`` command line: ``plugins``, ``summary`` (and more as they land)."""
+"""The ``minidl`` command line: ``train``, ``eval``, ``predict``, ``summary``, ``plugins``."""
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from pathlib import Path
 
 __all__ = ["main"]
 
@@ -42,6 +43,113 @@ def _cmd_summary(args) -> int:
     return 0
 
 
+def _cmd_train(args) -> int:
+    from .training.plots import filter_grid, plot_curves
+    from .training.recipe import prepare
+    from .training.trainer import NonFiniteError
+
+    trainer = prepare(args.model, data=args.data, epochs=args.epochs, steps=args.steps, batch_size=args.batch_size,
+                      lr=args.lr, device=args.device, out=args.out, seed=args.seed, preset=args.preset,
+                      workers=args.workers, checkpoint_every=args.checkpoint_every, keep=args.keep,
+                      progress=not args.no_progress, ten_crop=args.ten_crop)
+    try:
+        trainer.fit(resume=args.resume)
+    except NonFiniteError as e:
+        print(f"minidl train: stopped: {e}", file=sys.stderr)
+        return 3
+    out = Path(args.out)
+    made = [out / "metrics.jsonl", out / "metrics.csv"]
+    if (out / "metrics.jsonl").exists():
+        curves = plot_curves(out / "metrics.jsonl", out / "curves.png")
+        made += [curves] if curves else []
+    convs = [n for n in trainer.model.nodes if n.type == "conv2d"]
+    if convs:
+        made.append(filter_grid(convs[0].module.weight.data, out / "filters.png"))
+    from .training.checkpoint import list_checkpoints
+
+    made += list_checkpoints(out / "checkpoints")[-1:]
+    print("wrote: " + ", ".join(str(p) for p in made if p is not None and Path(p).exists()))
+    return 0
+
+
+def _restore_model(path, device):
+    from .builder import build_model
+    from .training.checkpoint import load_checkpoint
+
+    checkpoint = load_checkpoint(path)
+    meta = checkpoint["meta"]
+    model = build_model(meta["model_spec"])
+    model.load_state_dict(checkpoint["model"])
+    model.to(device).eval()
+    return model, meta, checkpoint
+
+
+def _eval_pipeline(meta, checkpoint, ten_crop=False):
+    from .data.transforms import Compose, Normalize
+    from .training.recipe import eval_transforms, make_transforms
+
+    transforms = make_transforms(meta["data"].get("train_transforms"))
+    if meta["data"].get("normalize") and not any(isinstance(t, Normalize) for t in transforms):
+        transforms.append(Normalize(**meta["data"]["normalize"]))
+    pipeline = Compose(transforms)
+    pipeline.load_state_dict(checkpoint["transform"])
+    return Compose(eval_transforms(pipeline.transforms, ten_crop=ten_crop))
+
+
+def _cmd_eval(args) -> int:
+    from .data import DataLoader
+    from .training.recipe import open_dataset
+    from .training.trainer import evaluate
+
+    model, meta, checkpoint = _restore_model(args.checkpoint, args.device)
+    dataset = open_dataset(args.data or meta["data"]["spec"], args.split)
+    crops = 10 if args.ten_crop else 1
+    loader = DataLoader(dataset, max(1, args.batch_size // crops), shuffle=False, drop_last=False,
+                        transform=_eval_pipeline(meta, checkpoint, args.ten_crop), device=args.device)
+    result = evaluate(model, loader, crops=crops)
+    result.update(checkpoint=str(args.checkpoint), step=meta["step"], ten_crop=args.ten_crop)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(f"{args.checkpoint} (step {meta['step']}) on {result['count']} {args.split} images"
+              f"{' with ten crops' if args.ten_crop else ''}: top-1 {result['top1']:.2%}, "
+              f"top-5 {result['top5']:.2%}, loss {result['loss']:.4f}")
+    return 0
+
+
+def _cmd_predict(args) -> int:
+    import numpy
+    from PIL import Image
+
+    from .grad_mode import no_grad
+    from .tensor import tensor
+
+    model, meta, checkpoint = _restore_model(args.checkpoint, args.device)
+    classes = meta["data"].get("classes") or [str(i) for i in range(model.nodes[-1].output_shape[0])]
+    pipeline = _eval_pipeline(meta, checkpoint)
+    c, h, w = model.input_shape
+    for path in args.images:
+        try:
+            with Image.open(path) as image:
+                image = image.convert("L" if c == 1 else "RGB")
+                scale = max(h / image.height, w / image.width)
+                image = image.resize((max(w, round(image.width * scale)), max(h, round(image.height * scale))),
+                                     Image.BILINEAR)
+                left, top = (image.width - w) // 2, (image.height - h) // 2
+                array = numpy.asarray(image.crop((left, top, left + w, top + h)), dtype=numpy.uint8)
+        except (OSError, ValueError) as e:
+            print(f"{path}: cannot read image: {e}", file=sys.stderr)
+            return 2
+        array = array[None, None] if array.ndim == 2 else array.transpose(2, 0, 1)[None]
+        with no_grad():
+            probs = model(tensor(pipeline(array, None), device=args.device)).softmax(axis=1).numpy()[0]
+        top = numpy.argsort(-probs)[: args.top]
+        print(f"{path}:")
+        for rank, k in enumerate(top, 1):
+            print(f"  {rank}. {classes[k]:<20s} {probs[k]:7.2%}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -57,6 +165,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--batch", type=int, default=1, help="batch size for shapes and activation memory")
     p.set_defaults(run=_cmd_summary)
+
+    p = sub.add_parser("train", help="train a model file on a dataset (checkpoints, metrics, plots)")
+    p.add_argument("model", help="model YAML file (its train: section gives the defaults)")
+    p.add_argument("--data", help="dataset name (fashion-mnist, ...) or path (IDX dir, image folder, .npz)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--steps", type=int, help="stop after this many optimizer steps instead")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--device", default="cpu", help="cpu or cuda:N")
+    p.add_argument("--out", default="runs/latest", help="output directory (default: runs/latest)")
+    p.add_argument("--resume", action="store_true", help="continue from the newest valid checkpoint in --out")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--preset", choices=["paper"], help="the AlexNet paper's optimizer, schedule and init")
+    p.add_argument("--workers", type=int, help="data loading threads")
+    p.add_argument("--checkpoint-every", type=int, help="also checkpoint every N steps")
+    p.add_argument("--keep", type=int, help="checkpoints kept (default 3)")
+    p.add_argument("--ten-crop", action="store_true", help="validate with the paper's ten crops")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(run=_cmd_train)
+
+    p = sub.add_parser("eval", help="evaluate a checkpoint: top-1, top-5, loss")
+    p.add_argument("checkpoint")
+    p.add_argument("--data", help="dataset (default: the one it was trained on)")
+    p.add_argument("--split", default="test")
+    p.add_argument("--ten-crop", action="store_true", help="average the softmax over the paper's ten crops")
+    p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=_cmd_eval)
+
+    p = sub.add_parser("predict", help="top-5 classes with probabilities for image files")
+    p.add_argument("checkpoint")
+    p.add_argument("images", nargs="+")
+    p.add_argument("--top", type=int, default=5)
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(run=_cmd_predict)
     return parser
 
 
@@ -64,8 +208,9 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except ValueError as e:  # ModelError and friends: the message names file, line and layer
-        print(f"minidl {args.command}: error: {e}", file=sys.stderr)
+    except (ValueError, FileNotFoundError, KeyError) as e:  # ModelError, CheckpointError, missing data...
+        message = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"minidl {args.command}: error: {message}", file=sys.stderr)
         return 2
 
 

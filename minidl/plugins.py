@@ -36,6 +36,7 @@ BUILTIN_PLUGINS = (
     "minidl_init",
     "minidl_optim",
     "minidl_schedulers",
+    "minidl_data",
 )
 
 

@@ -23,6 +23,8 @@ def summarize(model, batch: int = 1, dtype="float32") -> dict:
     plugin reports its own through a ``macs(input_shape)`` method).
     Activation memory is the layer's output for ``batch`` images of ``dtype``.
     """
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise ValueError(f"batch must be a positive integer, got {batch!r}")
     itemsize = numpy.dtype(dtype).itemsize
     default_device = _layer_device(model, "cpu:0")
     layers = []

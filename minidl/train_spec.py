@@ -8,6 +8,7 @@
       data: {type: fashion-mnist}
       augmentation: [{type: random_crop, size: 28, padding: 2}, {type: hflip}]
       seed: 0
+      scheduler_interval: step         # or epoch (the default)
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ __all__ = ["TRAIN_KEYS", "validate_train_spec"]
 TRAIN_KEYS = {
     "epochs": int, "steps": int, "batch_size": int, "seed": int, "eval_batch_size": int,
     "optimizer": dict, "scheduler": dict, "data": dict, "augmentation": list, "preset": str,
-    "label_smoothing": float, "keep_checkpoints": int, "log_every": int,
+    "keep_checkpoints": int, "scheduler_interval": str, "workers": int,
 }
 _COMPONENTS = {  # key -> (registry kind, leading positional parameters the framework passes)
     "optimizer": ("optimizers", 1),

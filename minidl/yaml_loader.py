@@ -28,6 +28,9 @@ class Mark(tuple):
     def __new__(cls, line: int, column: int):
         return super().__new__(cls, (line, column))
 
+    def __getnewargs__(self):
+        return tuple(self)
+
     @classmethod
     def of(cls, node_or_mark):
         mark = getattr(node_or_mark, "start_mark", node_or_mark)

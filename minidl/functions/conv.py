@@ -27,7 +27,10 @@ __all__ = [
 
 
 def _pair(value, name) -> tuple:
-    pair = (value, value) if isinstance(value, (int, numpy.integer)) else tuple(value)
+    if isinstance(value, (int, numpy.integer)):
+        pair = (value, value)
+    else:
+        pair = tuple(value) if isinstance(value, (tuple, list)) else ()  # a float or None: not a pair
     if len(pair) != 2 or any(not isinstance(v, (int, numpy.integer)) for v in pair):
         raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
     return int(pair[0]), int(pair[1])
@@ -140,44 +143,113 @@ def col2im(col, win: Window, x_shape, layout: str = "ckn"):
 
 
 # --------------------------------------------------------------- convolution
-def _conv_forward(x, W, win: Window, groups: int, col=None):
+class ConvGeometry:
+    """How a convolution lays out its GEMM columns for one input shape.
+
+    Stride-1 convolutions (AlexNet's conv2-5) use the *flat* layout: each
+    kernel offset reads one contiguous run of the zero-padded image, rows
+    included, so im2col and col2im are long contiguous copies and adds. The
+    price is a few wasted GEMM columns per row (the windows that wrap around
+    the row end), which are dropped from the output and get zero gradient.
+    Strided convolutions use the compact layout (one column per output pixel).
+    Columns are (C, kh, kw, N, P) with P positions per image.
+    """
+
+    def __init__(self, x_shape, win: Window):
+        self.x_shape = tuple(x_shape)
+        self.win = win
+        n, c, h, w = self.x_shape
+        self.oh, self.ow = win.output_hw(h, w)
+        self.flat = win.sy == 1 and win.sx == 1
+        if self.flat:
+            self.wp = w + 2 * win.pw
+            self.hp = h + 2 * win.ph + 1  # a spare row: the last windows' tails run past the image
+            self.positions = self.oh * self.wp
+        else:
+            self.positions = self.oh * self.ow
+
+    def columns(self, x):
+        if not self.flat:
+            return im2col(x, self.win, self.oh, self.ow)
+        xp = get_array_module(x)
+        win, (n, c, h, w) = self.win, self.x_shape
+        padded = xp.pad(x, ((0, 0), (0, 0), (win.ph, win.ph + 1), (win.pw, win.pw)))
+        flat = padded.reshape(n, c, self.hp * self.wp)
+        sn, sc, se = flat.strides
+        shape = (c, win.kh, win.kw, n, self.positions)
+        view = xp.lib.stride_tricks.as_strided(flat, shape, (sc, win.dy * self.wp * se, win.dx * se, sn, se))
+        col = scratch.empty(shape, x.dtype, xp)
+        col[...] = view
+        return col
+
+    def output(self, y):
+        """(O, N*P) GEMM result -> (N, O, oh, ow), contiguous."""
+        xp = get_array_module(y)
+        n = self.x_shape[0]
+        y = y.reshape(y.shape[0], n, self.oh, -1)[..., : self.ow]
+        return xp.ascontiguousarray(y.transpose(1, 0, 2, 3))
+
+    def gy_matrix(self, gy):
+        """(N, O, oh, ow) -> (O, N*P), zeros in the wasted columns of the flat layout."""
+        xp = get_array_module(gy)
+        n, o = gy.shape[:2]
+        if not self.flat:
+            return xp.ascontiguousarray(gy.transpose(1, 0, 2, 3)).reshape(o, -1)
+        m = xp.zeros((o, n, self.oh, self.wp), dtype=gy.dtype)
+        m[..., : self.ow] = gy.transpose(1, 0, 2, 3)
+        return m.reshape(o, -1)
+
+    def fold(self, gcol):
+        """(C, kh, kw, N, P) column gradients -> (N, C, H, W) input gradient: the adjoint of columns()."""
+        xp = get_array_module(gcol)
+        win, (n, c, h, w) = self.win, self.x_shape
+        if not self.flat:
+            return xp.ascontiguousarray(col2im(gcol.reshape(c, win.kh, win.kw, n, self.oh, self.ow), win,
+                                               self.x_shape))
+        out = xp.zeros((n, c, self.hp * self.wp), dtype=gcol.dtype)
+        for i in range(win.kh):
+            for j in range(win.kw):
+                offset = i * win.dy * self.wp + j * win.dx
+                out[:, :, offset:offset + self.positions] += gcol[:, i, j].transpose(1, 0, 2)
+        out = out.reshape(n, c, self.hp, self.wp)[:, :, win.ph:win.ph + h, win.pw:win.pw + w]
+        return xp.ascontiguousarray(out)
+
+
+def _grouped_matmul(xp, a, b, out=None):
+    """Batched (G, m, k) @ (G, k, n); one plain 2-D GEMM when G == 1."""
+    if a.shape[0] == 1:
+        return xp.matmul(a[0], b[0], out=None if out is None else out[0])[None]
+    return xp.matmul(a, b, out=out)
+
+
+def _conv_forward(x, W, geo: ConvGeometry, groups: int):
     xp = get_array_module(x, W)
-    n, c, h, w = x.shape
     o = W.shape[0]
-    oh, ow = win.output_hw(h, w)
-    if col is None:
-        col = im2col(x, win, oh, ow)
-    cols = col.reshape(groups, -1, n * oh * ow)  # (G, C/G*kh*kw, N*oh*ow)
-    y = xp.matmul(W.reshape(groups, o // groups, -1), cols)  # (G, O/G, N*oh*ow)
-    y = xp.ascontiguousarray(y.reshape(o, n, oh, ow).transpose(1, 0, 2, 3))
-    return y, col
+    col = geo.columns(x)
+    cols = col.reshape(groups, -1, geo.x_shape[0] * geo.positions)  # (G, C/G*kh*kw, N*P)
+    y = _grouped_matmul(xp, W.reshape(groups, o // groups, -1), cols)  # (G, O/G, N*P)
+    return geo.output(y.reshape(o, -1)), col
 
 
-def _gy_matrix(gy, groups):
-    """gy (N, O, oh, ow) as (G, O/G, N*oh*ow)."""
-    n, o, oh, ow = gy.shape
-    return gy.transpose(1, 0, 2, 3).reshape(groups, o // groups, n * oh * ow)
-
-
-def _conv_grad_input(gy, W, win: Window, groups: int, x_shape):
+def _conv_grad_input(gy, W, geo: ConvGeometry, groups: int):
     xp = get_array_module(gy, W)
-    n, c, h, w = x_shape
     o = W.shape[0]
-    oh, ow = gy.shape[2:]
     Wg = W.reshape(groups, o // groups, -1)
-    gcol = scratch.empty((groups, Wg.shape[2], n * oh * ow), gy.dtype, xp)  # (G, C/G*kh*kw, N*oh*ow)
-    xp.matmul(Wg.transpose(0, 2, 1), _gy_matrix(gy, groups), out=gcol)
-    gx = xp.ascontiguousarray(col2im(gcol.reshape(c, win.kh, win.kw, n, oh, ow), win, x_shape))
+    gym = geo.gy_matrix(gy).reshape(groups, o // groups, -1)
+    gcol = scratch.empty((groups, Wg.shape[2], gym.shape[2]), gy.dtype, xp)  # (G, C/G*kh*kw, N*P)
+    _grouped_matmul(xp, Wg.transpose(0, 2, 1), gym, out=gcol)
+    win, (n, c) = geo.win, geo.x_shape[:2]
+    gx = geo.fold(gcol.reshape(c, win.kh, win.kw, n, geo.positions))
     scratch.release(gcol)
     return gx
 
 
-def _conv_grad_weight(x, gy, win: Window, groups: int, w_shape, col):
-    xp = get_array_module(x, gy)
-    n = x.shape[0]
-    oh, ow = gy.shape[2:]
-    cols = col.reshape(groups, -1, n * oh * ow)
-    gW = xp.matmul(_gy_matrix(gy, groups), cols.transpose(0, 2, 1))  # (G, O/G, C/G*kh*kw)
+def _conv_grad_weight(gy, geo: ConvGeometry, groups: int, w_shape, col):
+    xp = get_array_module(gy)
+    o = w_shape[0]
+    cols = col.reshape(groups, -1, geo.x_shape[0] * geo.positions)
+    gym = geo.gy_matrix(gy).reshape(groups, o // groups, -1)
+    gW = _grouped_matmul(xp, gym, cols.transpose(0, 2, 1))  # (G, O/G, C/G*kh*kw)
     return gW.reshape(w_shape)
 
 
@@ -188,8 +260,8 @@ class Conv2d(Function):
         self.col = None
 
     def forward(self, x, W, b=None):
-        y, col = _conv_forward(x, W, self.win, self.groups)
-        self.col = col  # reused by the weight gradient
+        self.geo = ConvGeometry(x.shape, self.win)
+        y, self.col = _conv_forward(x, W, self.geo, self.groups)  # columns reused by the weight gradient
         if b is not None:
             y += b.reshape(1, -1, 1, 1)
         return y
@@ -216,7 +288,7 @@ class Conv2dGradInput(Function):
         self.x_shape = x_shape
 
     def forward(self, gy, W):
-        return _conv_grad_input(gy, W, self.win, self.groups, self.x_shape)
+        return _conv_grad_input(gy, W, ConvGeometry(self.x_shape, self.win), self.groups)
 
     def backward(self, ggx):
         gy, W = self.inputs
@@ -235,12 +307,12 @@ class Conv2dGradWeight(Function):
         self.col = col
 
     def forward(self, x, gy):
+        geo = ConvGeometry(x.shape, self.win)
         col, self.col = self.col, None
         owned = col is None  # computed here, so it can be recycled here
         if owned:
-            oh, ow = gy.shape[2:]
-            col = im2col(x, self.win, oh, ow)
-        gW = _conv_grad_weight(x, gy, self.win, self.groups, self.w_shape, col)
+            col = geo.columns(x)
+        gW = _conv_grad_weight(gy, geo, self.groups, self.w_shape, col)
         if owned:
             scratch.release(col)
         return gW
@@ -283,62 +355,91 @@ def conv2d(x, W, b=None, stride=1, padding=0, dilation=1, groups: int = 1) -> Te
 
 # ------------------------------------------------------------------- pooling
 class MaxPool2d(Function):
+    """Max over windows: kh*kw elementwise maxima of strided views, no window copies.
+
+    Remembers, for every output, the flat index of the input element that
+    won (the first maximum, as PyTorch), so the backward is one bincount.
+    """
+
     def __init__(self, win: Window, ceil_mode: bool):
         self.win = win
         self.ceil_mode = ceil_mode
 
     def forward(self, x):
         xp = get_array_module(x)
+        win = self.win
         n, c, h, w = x.shape
-        oh, ow = self.win.output_hw(h, w, self.ceil_mode)
-        pad_value = -numpy.inf if x.dtype.kind == "f" else numpy.iinfo(x.dtype).min
-        col = im2col(x, self.win, oh, ow, layout="nck", pad_value=pad_value)
-        col = col.reshape(n, c, oh, ow, -1)
-        self.indexes = col.argmax(axis=4)[..., None]  # (N, C, oh, ow, 1)
+        oh, ow = win.output_hw(h, w, self.ceil_mode)
+        low = -numpy.inf if x.dtype.kind in "fV" else numpy.iinfo(x.dtype).min
+        padded = _padded(x, win, oh, ow, low)
+        best = winner = None
+        for k in range(win.kh * win.kw):
+            i, j = divmod(k, win.kw)
+            view = padded[:, :, i * win.dy:i * win.dy + win.sy * (oh - 1) + 1:win.sy,
+                          j * win.dx:j * win.dx + win.sx * (ow - 1) + 1:win.sx]
+            if best is None:
+                best = view.copy()
+                winner = xp.zeros(best.shape, dtype=numpy.int16 if win.kh * win.kw < 32000 else numpy.int64)
+            else:
+                better = view > best
+                xp.copyto(best, view, where=better)
+                xp.copyto(winner, k, where=better)
+        # flat index (into the padded input) of each output's winner
+        hp, wp = padded.shape[2:]
+        row = (winner // win.kw) * win.dy + (xp.arange(oh) * win.sy)[:, None]
+        col = (winner % win.kw) * win.dx + xp.arange(ow) * win.sx
+        plane = (xp.arange(n * c, dtype=numpy.int64) * (hp * wp)).reshape(n, c, 1, 1)
+        self.index = plane + row * wp + col
+        self.padded_shape = padded.shape
         self.x_shape = x.shape
-        return xp.take_along_axis(col, self.indexes, axis=4)[..., 0]
+        return best
 
     def backward(self, gy):
-        return MaxPool2dGrad(self.win, self.indexes, self.x_shape)(gy)
+        return MaxPool2dGrad(self.win, self.index, self.padded_shape, self.x_shape)(gy)
+
+    def release(self):
+        self.index = None
 
 
 class MaxPool2dGrad(Function):
-    """Route each output gradient to the input element that won its window."""
+    """Route each output gradient to the input element that won its window (sums where windows overlap)."""
 
-    def __init__(self, win: Window, indexes, x_shape):
+    def __init__(self, win: Window, index, padded_shape, x_shape):
         self.win = win
-        self.indexes = indexes
+        self.index = index
+        self.padded_shape = padded_shape
         self.x_shape = x_shape
 
     def forward(self, gy):
         xp = get_array_module(gy)
-        n, c, oh, ow = gy.shape
-        gcol = xp.zeros((n, c, oh, ow, self.win.kh * self.win.kw), dtype=gy.dtype)
-        xp.put_along_axis(gcol, self.indexes, gy[..., None], axis=4)
-        gcol = gcol.reshape(n, c, oh, ow, self.win.kh, self.win.kw)
-        return xp.ascontiguousarray(col2im(gcol, self.win, self.x_shape, layout="nck"))
+        size = int(numpy.prod(self.padded_shape))
+        gx = xp.bincount(self.index.ravel(), weights=gy.ravel(), minlength=size)
+        gx = gx.astype(gy.dtype, copy=False).reshape(self.padded_shape)
+        h, w = self.x_shape[2:]
+        return xp.ascontiguousarray(gx[:, :, self.win.ph:self.win.ph + h, self.win.pw:self.win.pw + w])
 
     def backward(self, ggx):
-        return _MaxPool2dSelect(self.win, self.indexes, self.inputs[0].shape[2:])(ggx)
+        return _MaxPool2dSelect(self.win, self.index, self.padded_shape)(ggx)
 
 
 class _MaxPool2dSelect(Function):
-    """Pick, in every window of ggx, the element where the forward max was (double backward)."""
+    """Pick, for every output, the element of ggx where the forward max was (double backward)."""
 
-    def __init__(self, win: Window, indexes, out_hw):
+    def __init__(self, win: Window, index, padded_shape):
         self.win = win
-        self.indexes = indexes
-        self.out_hw = out_hw
+        self.index = index
+        self.padded_shape = padded_shape
 
     def forward(self, x):
         xp = get_array_module(x)
-        n, c = x.shape[:2]
-        col = im2col(x, self.win, *self.out_hw, layout="nck").reshape(n, c, *self.out_hw, -1)
         self.x_shape = x.shape
-        return xp.take_along_axis(col, self.indexes, axis=4)[..., 0]
+        pad_h = self.padded_shape[2] - x.shape[2] - self.win.ph
+        pad_w = self.padded_shape[3] - x.shape[3] - self.win.pw
+        padded = xp.pad(x, ((0, 0), (0, 0), (self.win.ph, pad_h), (self.win.pw, pad_w)))
+        return padded.reshape(-1)[self.index]
 
     def backward(self, gy):
-        return MaxPool2dGrad(self.win, self.indexes, self.x_shape)(gy)
+        return MaxPool2dGrad(self.win, self.index, self.padded_shape, self.x_shape)(gy)
 
 
 def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode: bool = False) -> Tensor:

@@ -117,6 +117,9 @@ class Softmax(mdl.nn.Module):
         self.axis = axis
 
     def output_shape(self, input_shape):
+        ndim = len(input_shape) + 1  # with the batch axis
+        if not -ndim <= self.axis < ndim:
+            raise ValueError(f"axis {self.axis} is out of range for inputs of per-sample shape {tuple(input_shape)}")
         return tuple(input_shape)
 
     def forward(self, x):

@@ -22,6 +22,8 @@ class LRN(mdl.nn.Module):
         super().__init__()
         if convention not in F.normalization.LRN_CONVENTIONS:
             raise ValueError(f"lrn: convention must be one of {F.normalization.LRN_CONVENTIONS}, got {convention!r}")
+        if size < 1:
+            raise ValueError(f"lrn: size must be >= 1, got {size}")
         self.size, self.alpha, self.beta, self.k, self.convention = size, alpha, beta, k, convention
 
     def output_shape(self, input_shape) -> tuple:
@@ -50,6 +52,8 @@ class BatchNorm2d(mdl.nn.Module):
         self.register_parameter("weight", None)
         self.register_parameter("bias", None)
         if num_features is not None:
+            if num_features < 1:
+                raise ValueError(f"batchnorm2d: num_features must be positive, got {num_features}")
             self.build((num_features,))
 
     def build(self, input_shape, device=None, dtype="float32") -> None:
@@ -63,6 +67,8 @@ class BatchNorm2d(mdl.nn.Module):
         self.register_buffer("running_var", xp.ones(c, dtype=np.dtype(dtype)))
 
     def output_shape(self, input_shape) -> tuple:
+        if self.num_features is not None and input_shape[0] != self.num_features:
+            raise ValueError(f"batchnorm2d expects {self.num_features} channels, got {input_shape[0]}")
         return tuple(input_shape)
 
     def forward(self, x):

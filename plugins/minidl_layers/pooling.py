@@ -16,6 +16,9 @@ class MaxPool2d(mdl.nn.Module):
                  dilation: int | tuple = 1, ceil_mode: bool = False):
         super().__init__()
         self.window = Window.make(kernel_size, kernel_size if stride is None else stride, padding, dilation)
+        if 2 * self.window.ph > self.window.kh or 2 * self.window.pw > self.window.kw:
+            # as in PyTorch: else a window can hold only padding (no maximum; a 0/0 mean)
+            raise ValueError(f"padding {padding} must be at most half the kernel size {kernel_size}")
         self.args = dict(kernel_size=kernel_size, stride=stride, padding=padding, dilation=dilation,
                          ceil_mode=ceil_mode)
         self.ceil_mode = ceil_mode
@@ -50,8 +53,14 @@ class AdaptiveAvgPool2d(mdl.nn.Module):
     def __init__(self, output_size: int | tuple):
         super().__init__()
         self.output_size = (output_size, output_size) if isinstance(output_size, int) else tuple(output_size)
+        if len(self.output_size) != 2 or not all(
+                isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in self.output_size):
+            raise ValueError(f"adaptive_avgpool2d: output_size must be a positive int or a pair of them, "
+                             f"got {output_size!r}")
 
     def output_shape(self, input_shape) -> tuple:
+        if len(input_shape) != 3:
+            raise ValueError(f"adaptive_avgpool2d expects (C, H, W) inputs, got per-sample shape {tuple(input_shape)}")
         return (input_shape[0],) + self.output_size
 
     def forward(self, x):

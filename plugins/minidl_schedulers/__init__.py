@@ -18,11 +18,12 @@ __all__ = ["StepLR", "MultiStepLR", "CosineLR", "LinearWarmup", "ReduceOnPlateau
 class StepLR(Scheduler):
     """lr = initial * gamma ** (t // step_size)."""
 
-    def __init__(self, optimizer, step_size: int, gamma: float = 0.1, **warmup):
+    def __init__(self, optimizer, step_size: int, gamma: float = 0.1, warmup_steps: int = 0,
+                 warmup_start_factor: float = 0.1):
         if step_size < 1:
             raise ValueError(f"step: step_size must be >= 1, got {step_size}")
         self.step_size, self.gamma = step_size, gamma
-        super().__init__(optimizer, **warmup)
+        super().__init__(optimizer, warmup_steps, warmup_start_factor)
 
     def factor(self, t):
         return self.gamma ** (t // self.step_size)
@@ -31,22 +32,29 @@ class StepLR(Scheduler):
 class MultiStepLR(Scheduler):
     """lr = initial * gamma ** (number of milestones <= t)."""
 
-    def __init__(self, optimizer, milestones: list, gamma: float = 0.1, **warmup):
+    def __init__(self, optimizer, milestones: list, gamma: float = 0.1, warmup_steps: int = 0,
+                 warmup_start_factor: float = 0.1):
         self.milestones, self.gamma = sorted(int(m) for m in milestones), gamma
-        super().__init__(optimizer, **warmup)
+        super().__init__(optimizer, warmup_steps, warmup_start_factor)
 
     def factor(self, t):
         return self.gamma ** bisect.bisect_right(self.milestones, t)
 
 
 class CosineLR(Scheduler):
-    """Cosine annealing from the initial lr to ``eta_min`` over ``t_max`` steps (PyTorch's CosineAnnealingLR)."""
+    """Cosine annealing from the initial lr to ``eta_min`` over ``t_max`` steps (PyTorch's CosineAnnealingLR).
 
-    def __init__(self, optimizer, t_max: int, eta_min: float = 0.0, **warmup):
-        if t_max < 1:
-            raise ValueError(f"cosine: t_max must be >= 1, got {t_max}")
+    ``t_max`` counts scheduler steps after the warm-up; left out of a model
+    file's ``train.scheduler``, the trainer sets it to the rest of the run.
+    """
+
+    def __init__(self, optimizer, t_max: int | None = None, eta_min: float = 0.0, warmup_steps: int = 0,
+                 warmup_start_factor: float = 0.1):
+        if t_max is None or t_max < 1:
+            raise ValueError(f"cosine: t_max must be >= 1 (the trainer fills it in when a model file omits it), "
+                             f"got {t_max}")
         self.t_max, self.eta_min = t_max, eta_min
-        super().__init__(optimizer, **warmup)
+        super().__init__(optimizer, warmup_steps, warmup_start_factor)
 
     def lr_at(self, base_lr, t):
         return self.eta_min + (base_lr - self.eta_min) * (1.0 + math.cos(math.pi * t / self.t_max)) / 2.0

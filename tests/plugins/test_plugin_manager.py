@@ -15,7 +15,7 @@ from minidl.plugins import PluginError, PluginWarning, get_plugin_manager, regis
 
 from .conftest import SWISH_SOURCE, write_distribution
 
-BUILTINS = {"minidl_layers", "minidl_init", "minidl_optim", "minidl_schedulers"}
+BUILTINS = {"minidl_layers", "minidl_init", "minidl_optim", "minidl_schedulers", "minidl_data"}
 
 
 def test_builtins_are_active_and_register_the_alexnet_layer_set(fresh_plugins):

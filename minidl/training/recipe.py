@@ -1,0 +1,185 @@
+"""From a model file (its ``train:`` section) and command-line overrides to a ready Trainer.
+
+Also the AlexNet paper's recipe as a preset (``--preset paper``): SGD with
+momentum 0.9 and weight decay 5e-4 in the paper's form, lr 0.01 divided by
+10 when the validation error stops improving, weights N(0, 0.01) and biases 1
+in conv2, conv4, conv5 and the hidden fully connected layers (0 elsewhere).
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy
+
+from .. import random
+from ..backend import as_device
+from ..builder import build_model
+from ..data import DataLoader
+from ..data.transforms import CenterCrop, Compose, MeanImage, Normalize, RandomCrop, TenCrop, to_float
+from ..nn.init import constant, normal
+from ..plugins import get_plugin_manager, registry
+from .trainer import Trainer
+
+__all__ = ["PAPER_PRESET", "apply_paper_init", "open_dataset", "make_transforms", "eval_transforms", "prepare"]
+
+PAPER_PRESET = {
+    "optimizer": {"type": "sgd", "lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4, "form": "paper"},
+    "scheduler": {"type": "reduce_on_plateau", "mode": "min", "factor": 0.1, "patience": 3},
+    "batch_size": 128,
+}
+
+
+def apply_paper_init(model) -> None:
+    """The paper's initialization: N(0, 0.01) weights; bias 1 in conv 2, 4, 5 and every fully connected layer
+    but the last; bias 0 elsewhere."""
+    convs = [n for n in model.nodes if n.type == "conv2d"]
+    fcs = [n for n in model.nodes if n.type == "linear"]
+    ones = {convs[i].name for i in (1, 3, 4) if i < len(convs)} | {n.name for n in fcs[:-1]}
+    for node in convs + fcs:
+        layer = node.module
+        layer.weight.data = normal(0.01)(layer.weight.shape, layer.weight.dtype, layer.weight.device)
+        if layer.bias is not None:
+            value = 1.0 if node.name in ones else 0.0
+            layer.bias.data = constant(value)(layer.bias.shape, layer.bias.dtype, layer.bias.device)
+
+
+def open_dataset(data, split: str):
+    """A dataset from a registered name ("fashion-mnist"), a mapping ({type: npz, path: ...}) or a path."""
+    datasets = registry("datasets")
+    if isinstance(data, dict):
+        options = {k: v for k, v in data.items() if k != "type"}
+        return datasets.create(data["type"], split=split, **options)
+    if data in datasets:
+        return datasets.create(data, split=split)
+    path = Path(str(data))
+    if path.suffix == ".npz":
+        return datasets.create("npz", path=str(path), split=split)
+    if path.is_dir():
+        if any(path.glob("*-images-idx3-ubyte*")):
+            return datasets.create("fashion-mnist", split=split, root=str(path))
+        folder_split = split if (path / split).is_dir() else ("val" if split == "test" and (path / "val").is_dir()
+                                                              else split)
+        return datasets.create("image_folder", root=str(path), split=folder_split)
+    raise ValueError(f"--data {data!r}: not a registered dataset ({', '.join(datasets.names())}), "
+                     "an existing directory, or an .npz file")
+
+
+def make_transforms(specs) -> list:
+    """Transform objects from ``[{type: random_crop, size: 28, padding: 2}, ...]``."""
+    transforms = registry("transforms")
+    return [transforms.create(s["type"], **{k: v for k, v in s.items() if k != "type"}) for s in specs or []]
+
+
+def eval_transforms(train_transforms, ten_crop: bool = False) -> list:
+    """The deterministic counterpart of a training pipeline: random crops become centre (or ten) crops,
+    flips and colour noise are dropped, normalization is kept."""
+    out = []
+    for t in train_transforms:
+        if isinstance(t, RandomCrop):
+            out.append(TenCrop(t.size, t.padding) if ten_crop else _center(t))
+        elif not t.random:
+            out.append(t)
+    if ten_crop and not any(isinstance(t, TenCrop) for t in out):
+        raise ValueError("ten-crop evaluation needs a random_crop in the training augmentation")
+    return [t for t in out if t is not None]
+
+
+def _center(crop: RandomCrop):
+    return None if crop.padding else CenterCrop(crop.size)
+
+
+def _channel_stats(dataset) -> tuple:
+    """Per-channel mean and std of (up to 10,000) training images in [0, 1]."""
+    count = min(len(dataset), 10000)
+    indices = numpy.linspace(0, len(dataset) - 1, count).astype(numpy.int64)
+    images, _ = dataset.get_batch(indices)
+    images = to_float(images)
+    return images.mean(axis=(0, 2, 3)).tolist(), images.std(axis=(0, 2, 3)).tolist()
+
+
+def prepare(model_path, data=None, epochs=None, steps=None, batch_size=None, lr=None, device="cpu", out=None,
+            seed=None, preset=None, workers=None, checkpoint_every=None, keep=None, progress=True,
+            ten_crop=False) -> Trainer:
+    """Build the model, data, optimizer and scheduler for ``minidl train`` and return the Trainer."""
+    model = build_model(model_path)
+    train = _plain(model.spec.get("train", {}))  # plain dicts: a copy that drops the YAML locations
+    preset = preset or train.get("preset")
+    if preset is not None:
+        if preset != "paper":
+            raise ValueError(f"unknown preset {preset!r}; known: paper")
+        for key, value in PAPER_PRESET.items():
+            if key == "batch_size":
+                train.setdefault(key, value)
+            else:
+                train[key] = copy.deepcopy(value)
+        apply_paper_init(model)
+    seed = seed if seed is not None else train.get("seed", 0)
+    random.manual_seed(seed)
+    device = as_device(device)
+    model.to(device)
+
+    data = data or train.get("data")
+    if data is None:
+        raise ValueError(f"{model_path}: no data: pass --data NAME|PATH or add train.data to the model file")
+    train_set, test_set = open_dataset(data, "train"), open_dataset(data, "test")
+    if tuple(train_set.sample_shape) != tuple(model.input_shape) and not train.get("augmentation"):
+        raise ValueError(f"data samples are {train_set.sample_shape} but {model_path} expects {model.input_shape}")
+    augmentation = make_transforms(train.get("augmentation"))
+    if not any(isinstance(t, (Normalize, MeanImage)) for t in augmentation):
+        mean, std = _channel_stats(train_set)
+        augmentation.append(Normalize(mean, std))
+    pipeline = Compose(augmentation)
+    pipeline.fit(train_set)
+    batch_size = batch_size or train.get("batch_size", 128)
+    workers = workers or train.get("workers", 2)
+    train_loader = DataLoader(train_set, batch_size, shuffle=True, drop_last=True, transform=pipeline, seed=seed,
+                              workers=workers, device=device)
+    evaluation = eval_transforms(augmentation, ten_crop=ten_crop)
+    crops = 10 if ten_crop else 1
+    val_loader = DataLoader(test_set, max(1, train.get("eval_batch_size", 500) // crops), shuffle=False,
+                            drop_last=False, transform=Compose(evaluation), seed=seed, workers=workers,
+                            device=device)
+
+    optimizer_spec = dict(train.get("optimizer", {"type": "sgd", "lr": 0.01, "momentum": 0.9}))
+    if lr is not None:
+        optimizer_spec["lr"] = lr
+    optimizer = registry("optimizers").create(optimizer_spec.pop("type"), list(model.parameters()),
+                                              **optimizer_spec)
+    epochs = epochs if epochs is not None else (None if steps is not None else train.get("epochs", 10))
+    steps = steps if steps is not None else train.get("steps")
+    interval = train.get("scheduler_interval", "epoch")
+    scheduler = None
+    if "scheduler" in train:
+        spec = dict(train["scheduler"])
+        kind = spec.pop("type")
+        if kind == "cosine" and "t_max" not in spec:
+            total = steps if steps is not None else epochs * (len(train_loader) if interval == "step" else 1)
+            spec["t_max"] = max(1, total - spec.get("warmup_steps", 0))
+        scheduler = registry("schedulers").create(kind, optimizer, **spec)
+
+    manager = get_plugin_manager()
+    meta = {
+        "model_spec": _plain(model.spec),
+        "model_file": str(model_path),
+        "data": {"spec": _plain(data), "classes": list(getattr(train_set, "classes", [])),
+                 "train_transforms": _plain(train.get("augmentation", [])),
+                 "normalize": next(({"mean": t.mean, "std": t.std} for t in augmentation
+                                    if isinstance(t, Normalize)), None)},
+        "plugins": {name: {"package": p.package, "version": p.version, "status": p.status}
+                    for name, p in manager.plugins.items()},
+        "seed": seed,
+    }
+    return Trainer(model, optimizer, train_loader, val_loader, scheduler, epochs=epochs, steps=steps, out_dir=out,
+                   checkpoint_every=checkpoint_every, keep=keep or train.get("keep_checkpoints", 3), meta=meta,
+                   transform_state=pipeline.state_dict(), progress=progress, eval_crops=crops,
+                   scheduler_interval=interval)
+
+
+def _plain(value):
+    """Located YAML containers -> plain dicts/lists (JSON for checkpoint metadata)."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
