@@ -14,11 +14,10 @@ tensor) rather than a generic failure or a huge allocation:
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
 from pathlib import Path
-
-import numpy
 
 __all__ = ["ALLOWED_DTYPES", "SafetensorsError", "read_header", "read_safetensors"]
 
@@ -49,18 +48,22 @@ def read_header(path) -> tuple:
         if len(prefix) < 8:
             raise SafetensorsError(f"{path}: file too short for a safetensors header ({size} bytes)")
         (header_len,) = struct.unpack("<Q", prefix)
-        if header_len > size - 8 or header_len > MAX_HEADER_BYTES:
+        if header_len > size - 8:
             raise SafetensorsError(f"{path}: header length {header_len} is larger than the file ({size} bytes)")
+        if header_len > MAX_HEADER_BYTES:
+            raise SafetensorsError(f"{path}: header length {header_len} is over the limit of {MAX_HEADER_BYTES} bytes")
         raw = f.read(header_len)
     try:
         header = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates)
     except SafetensorsError as e:
         raise SafetensorsError(f"{path}: {e}") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (ValueError, RecursionError) as e:  # bad UTF-8 or JSON, a 5000-digit number, [[[[...]]]]
         raise SafetensorsError(f"{path}: header is not valid JSON ({e})") from None
     if not isinstance(header, dict):
         raise SafetensorsError(f"{path}: header is not a JSON object")
     metadata = header.pop("__metadata__", {}) or {}
+    if not (isinstance(metadata, dict) and all(isinstance(v, str) for v in metadata.values())):
+        raise SafetensorsError(f"{path}: __metadata__ must map names to strings, got {metadata!r}")
     data_len = size - 8 - header_len
     spans = []
     for name, info in header.items():
@@ -70,15 +73,15 @@ def read_header(path) -> tuple:
         if dtype not in ALLOWED_DTYPES:
             raise SafetensorsError(f"{path}: tensor {name!r}: dtype {dtype!r} is not allowed "
                                    f"(allowed: {', '.join(sorted(ALLOWED_DTYPES))})")
-        if not (isinstance(shape, list) and all(isinstance(n, int) and n >= 0 for n in shape)):
+        if not (isinstance(shape, list) and all(type(n) is int and n >= 0 for n in shape)):
             raise SafetensorsError(f"{path}: tensor {name!r}: bad shape {shape!r}")
-        if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(n, int) for n in offsets)
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(n) is int for n in offsets)
                 and 0 <= offsets[0] <= offsets[1]):
             raise SafetensorsError(f"{path}: tensor {name!r}: bad data_offsets {offsets!r}")
         if offsets[1] > data_len:
             raise SafetensorsError(f"{path}: tensor {name!r}: offsets {offsets} go past the end of the data "
                                    f"({data_len} bytes)")
-        expected = int(numpy.prod(shape, dtype=numpy.int64)) * ALLOWED_DTYPES[dtype]
+        expected = math.prod(shape) * ALLOWED_DTYPES[dtype]  # exact: numpy.prod would wrap around in int64
         if offsets[1] - offsets[0] != expected:
             raise SafetensorsError(f"{path}: tensor {name!r}: shape {shape} of {dtype} needs {expected} bytes but "
                                    f"its offsets span {offsets[1] - offsets[0]}")
@@ -97,8 +100,18 @@ def read_header(path) -> tuple:
 
 
 def read_safetensors(path) -> dict:
-    """name -> NumPy array, after :func:`read_header` accepted the file."""
-    read_header(path)
+    """name -> NumPy array, after :func:`read_header` accepted the file.
+
+    BF16 tensors come back as ml_dtypes' bfloat16 (NumPy has none of its own).
+    """
+    header, _, _ = read_header(path)
+    if any(info["dtype"] == "BF16" for info in header.values()):
+        from .backend import bfloat16
+
+        try:
+            bfloat16()  # importing ml_dtypes teaches NumPy the name the library asks for
+        except TypeError as e:
+            raise SafetensorsError(f"{path}: {e}") from None
     from safetensors.numpy import load_file
 
     try:

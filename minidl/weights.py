@@ -8,6 +8,7 @@ dict loads directly.
 """
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import numpy
@@ -46,12 +47,21 @@ def read_weight_file(path) -> dict:
         except ImportError:
             raise ValueError(f"{path}: reading PyTorch files needs torch (pip install torch); "
                              "or convert the weights to .safetensors") from None
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError:  # torch's message suggests weights_only=False: not for files from strangers
+            raise ValueError(f"{path}: refused: holds Python objects other than tensors, and unpickling them "
+                             "could run code") from None
+        except Exception as e:  # a truncated or foreign file: torch raises many kinds
+            reason = (str(e).strip().splitlines() or [""])[0]
+            raise ValueError(f"{path}: not a loadable PyTorch weights file ({type(e).__name__}: {reason})") from None
         if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
             state = state["state_dict"]
         if not isinstance(state, dict):
             raise ValueError(f"{path}: expected a state dict (name -> tensor), got {type(state).__name__}")
-        return {k: v.detach().cpu().numpy() for k, v in state.items() if hasattr(v, "detach")}
+        widen = (torch.bfloat16,)  # no NumPy dtype: float32 holds every value exactly
+        return {k: (v.detach().cpu().float() if v.dtype in widen else v.detach().cpu()).numpy()
+                for k, v in state.items() if hasattr(v, "detach")}
     raise ValueError(f"{path}: unknown weight file type {path.suffix!r} (use .safetensors, .pth or .pt)")
 
 

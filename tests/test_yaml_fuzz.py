@@ -331,7 +331,7 @@ def test_random_bytes(fuzz_dir, data):
     ("name: m\ninput: [1, 4, 4\n", 3),      # the scanner reports the end of the stream: one past the last line
     ("name: m\ninput: [1]\nlayers: [{type: relu}]\noutput: [x]\n", 4),
     ("name: m\ninput: [1]\nlayers: [{type: relu}]\noutput: nope\n", 4),
-])
+], ids=["unclosed-at-eof", "output-list", "output-unknown"])
 def test_errors_point_at_a_line_of_the_file(fuzz_dir, text, line):
     path = fuzz_dir / "pinned.yaml"
     path.write_text(text)

@@ -5,7 +5,7 @@ model files and the CLI name them: ``--data fashion-mnist``,
 ``augmentation: [{type: random_crop, size: 28, padding: 2}, {type: hflip}]``.
 """
 from .datasets import FASHION_MNIST_CLASSES, ArrayDataset, ImageFolder, fashion_mnist, mnist, npz_dataset
-from .idx import FASHION_MNIST_DIR, load_idx_dataset, read_idx
+from .idx import FASHION_MNIST_DIR, read_idx
 from .loader import Batch, DataLoader
 from .transforms import (
     CenterCrop, Compose, HorizontalFlip, MeanImage, Normalize, PCAColorNoise, RandomCrop, Resize, TenCrop, Transform,
@@ -14,5 +14,5 @@ from .transforms import (
 __all__ = [
     "ArrayDataset", "Batch", "CenterCrop", "Compose", "DataLoader", "FASHION_MNIST_CLASSES", "FASHION_MNIST_DIR",
     "HorizontalFlip", "ImageFolder", "MeanImage", "Normalize", "PCAColorNoise", "RandomCrop", "Resize", "TenCrop",
-    "Transform", "fashion_mnist", "load_idx_dataset", "mnist", "npz_dataset", "read_idx",
+    "Transform", "fashion_mnist", "mnist", "npz_dataset", "read_idx",
 ]

@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 import gzip
-import os
 from pathlib import Path
 
 import numpy
 
-__all__ = ["read_idx", "load_idx_dataset", "FASHION_MNIST_DIR"]
+__all__ = ["read_idx", "FASHION_MNIST_DIR"]
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 
@@ -41,28 +40,3 @@ def read_idx(path) -> numpy.ndarray:
             f"{path}: IDX header declares shape {shape} ({expected} bytes) but {len(raw) - header} bytes follow"
         )
     return numpy.frombuffer(raw, dtype=dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
-
-
-def load_idx_dataset(root=None, split: str = "train"):
-    """(images uint8 (N, 28, 28), labels int64 (N,)) of an MNIST-layout directory.
-
-    ``root`` defaults to Debian's Fashion-MNIST location; ``split`` is
-    "train" or "test" (files ``train-*`` / ``t10k-*``).
-    """
-    root = Path(root or os.environ.get("MINIDL_FASHION_MNIST", FASHION_MNIST_DIR))
-    prefix = {"train": "train", "test": "t10k"}[split]
-    found = {}
-    for kind in ("images-idx3-ubyte", "labels-idx1-ubyte"):
-        candidates = [root / f"{prefix}-{kind}{ext}" for ext in (".gz", "")]
-        path = next((p for p in candidates if p.exists()), None)
-        if path is None:
-            raise FileNotFoundError(
-                f"{candidates[0]} not found. Fashion-MNIST is Debian's package dataset-fashion-mnist: "
-                "apt-get install dataset-fashion-mnist (or point root/MINIDL_FASHION_MNIST at a directory "
-                "with the IDX files)"
-            )
-        found[kind] = read_idx(path)
-    images, labels = found["images-idx3-ubyte"], found["labels-idx1-ubyte"].astype(numpy.int64)
-    if len(images) != len(labels):
-        raise ValueError(f"{root}: {len(images)} images but {len(labels)} labels for split {split!r}")
-    return images, labels

@@ -6,7 +6,8 @@ over groups. ``col2im`` folds columns back with one strided add per kernel
 offset (at most kh*kw adds, each over the whole batch).
 
 The gradient of a convolution is itself made of convolutions, so each piece
-is a Function whose backward uses the others, and double backward works:
+is a Function whose backward uses the others, and double backward works
+(see :class:`ConvGeometry` for the memory layout):
 
     y  = conv2d(x, W)             gx = conv2d_grad_input(gy, W)   gW = conv2d_grad_weight(x, gy)
 """
@@ -144,113 +145,136 @@ def col2im(col, win: Window, x_shape, layout: str = "ckn"):
 
 # --------------------------------------------------------------- convolution
 class ConvGeometry:
-    """How a convolution lays out its GEMM columns for one input shape.
+    """The GEMM layout of a grouped convolution for one input shape.
 
-    Stride-1 convolutions (AlexNet's conv2-5) use the *flat* layout: each
-    kernel offset reads one contiguous run of the zero-padded image, rows
-    included, so im2col and col2im are long contiguous copies and adds. The
-    price is a few wasted GEMM columns per row (the windows that wrap around
-    the row end), which are dropped from the output and get zero gradient.
-    Strided convolutions use the compact layout (one column per output pixel).
-    Columns are (C, kh, kw, N, P) with P positions per image.
+    Activations are regrouped channels-last per group, (G, N, H, W, C/G), so
+    that one receptive field row -- kw neighbouring pixels times C/G
+    channels -- is a single contiguous run: im2col is then a copy of long
+    runs, and each group's convolution is one GEMM of the shape BLAS likes
+    best, (N*oh*ow, kh*kw*C/G) @ (kh*kw*C/G, O/G). Columns are
+    (G, N*oh*ow, kh*kw*C/G) with the kernel axis ordered (i, j, c).
     """
 
-    def __init__(self, x_shape, win: Window):
+    def __init__(self, x_shape, win: Window, groups: int):
         self.x_shape = tuple(x_shape)
         self.win = win
+        self.groups = groups
         n, c, h, w = self.x_shape
         self.oh, self.ow = win.output_hw(h, w)
-        self.flat = win.sy == 1 and win.sx == 1
-        if self.flat:
-            self.wp = w + 2 * win.pw
-            self.hp = h + 2 * win.ph + 1  # a spare row: the last windows' tails run past the image
-            self.positions = self.oh * self.wp
-        else:
-            self.positions = self.oh * self.ow
+        self.rows = n * self.oh * self.ow
+
+    def _channels_last(self, x, pad_h, pad_w):
+        """x (N, C, H, W) -> zero-padded (G, N, H + pads, W + pads, C/G), contiguous."""
+        xp = get_array_module(x)
+        n, c, h, w = x.shape
+        g = self.groups
+        shape = (g, n, h + pad_h[0] + pad_h[1], w + pad_w[0] + pad_w[1], c // g)
+        out = scratch.empty(shape, x.dtype, xp)
+        if pad_h != (0, 0) or pad_w != (0, 0):
+            out[...] = 0
+        out[:, :, pad_h[0]:pad_h[0] + h, pad_w[0]:pad_w[0] + w, :] = x.reshape(n, g, c // g, h, w).transpose(
+            1, 0, 3, 4, 2)
+        return out
 
     def columns(self, x):
-        if not self.flat:
-            return im2col(x, self.win, self.oh, self.ow)
         xp = get_array_module(x)
-        win, (n, c, h, w) = self.win, self.x_shape
-        padded = xp.pad(x, ((0, 0), (0, 0), (win.ph, win.ph + 1), (win.pw, win.pw)))
-        flat = padded.reshape(n, c, self.hp * self.wp)
-        sn, sc, se = flat.strides
-        shape = (c, win.kh, win.kw, n, self.positions)
-        view = xp.lib.stride_tricks.as_strided(flat, shape, (sc, win.dy * self.wp * se, win.dx * se, sn, se))
-        col = scratch.empty(shape, x.dtype, xp)
-        col[...] = view
+        win = self.win
+        t = self._channels_last(x, (win.ph, win.ph), (win.pw, win.pw))
+        g, n, _, _, cg = t.shape
+        s = t.strides
+        shape = (g, n, self.oh, self.ow, win.kh, win.kw, cg)
+        view = xp.lib.stride_tricks.as_strided(
+            t, shape, (s[0], s[1], s[2] * win.sy, s[3] * win.sx, s[2] * win.dy, s[3] * win.dx, s[4]))
+        col = scratch.empty((g, self.rows, win.kh * win.kw * cg), x.dtype, xp)
+        col.reshape(shape)[...] = view
+        scratch.release(t)
         return col
 
+    def weight_matrix(self, W):
+        """(O, C/G, kh, kw) -> (G, O/G, kh*kw*C/G) in the columns' (i, j, c) order."""
+        g = self.groups
+        o, cg, kh, kw = W.shape
+        return W.reshape(g, o // g, cg, kh, kw).transpose(0, 1, 3, 4, 2).reshape(g, o // g, -1)
+
+    def weight_from_matrix(self, m, w_shape):
+        o, cg, kh, kw = w_shape
+        return m.reshape(o, kh, kw, cg).transpose(0, 3, 1, 2)
+
     def output(self, y):
-        """(O, N*P) GEMM result -> (N, O, oh, ow), contiguous."""
+        """(G, N*oh*ow, O/G) GEMM results -> (N, O, oh, ow), contiguous."""
         xp = get_array_module(y)
+        g, _, og = y.shape
         n = self.x_shape[0]
-        y = y.reshape(y.shape[0], n, self.oh, -1)[..., : self.ow]
-        return xp.ascontiguousarray(y.transpose(1, 0, 2, 3))
+        y = y.reshape(g, n, self.oh, self.ow, og).transpose(1, 0, 4, 2, 3)
+        return xp.ascontiguousarray(y).reshape(n, g * og, self.oh, self.ow)
 
     def gy_matrix(self, gy):
-        """(N, O, oh, ow) -> (O, N*P), zeros in the wasted columns of the flat layout."""
+        """(N, O, oh, ow) -> (G, N*oh*ow, O/G), contiguous."""
         xp = get_array_module(gy)
         n, o = gy.shape[:2]
-        if not self.flat:
-            return xp.ascontiguousarray(gy.transpose(1, 0, 2, 3)).reshape(o, -1)
-        m = xp.zeros((o, n, self.oh, self.wp), dtype=gy.dtype)
-        m[..., : self.ow] = gy.transpose(1, 0, 2, 3)
-        return m.reshape(o, -1)
+        g = self.groups
+        m = gy.reshape(n, g, o // g, self.oh, self.ow).transpose(1, 0, 3, 4, 2)
+        return xp.ascontiguousarray(m).reshape(g, self.rows, o // g)
 
     def fold(self, gcol):
-        """(C, kh, kw, N, P) column gradients -> (N, C, H, W) input gradient: the adjoint of columns()."""
+        """(G, N*oh*ow, kh*kw*C/G) column gradients -> (N, C, H, W): the adjoint of columns()."""
         xp = get_array_module(gcol)
         win, (n, c, h, w) = self.win, self.x_shape
-        if not self.flat:
-            return xp.ascontiguousarray(col2im(gcol.reshape(c, win.kh, win.kw, n, self.oh, self.ow), win,
-                                               self.x_shape))
-        out = xp.zeros((n, c, self.hp * self.wp), dtype=gcol.dtype)
+        g, cg = self.groups, c // self.groups
+        hp = max((self.oh - 1) * win.sy + win.dy * (win.kh - 1) + 1, h + 2 * win.ph)
+        wp = max((self.ow - 1) * win.sx + win.dx * (win.kw - 1) + 1, w + 2 * win.pw)
+        out = xp.zeros((g, n, hp, wp, cg), dtype=gcol.dtype)
+        cols = gcol.reshape(g, n, self.oh, self.ow, win.kh, win.kw, cg)
         for i in range(win.kh):
+            top = i * win.dy
             for j in range(win.kw):
-                offset = i * win.dy * self.wp + j * win.dx
-                out[:, :, offset:offset + self.positions] += gcol[:, i, j].transpose(1, 0, 2)
-        out = out.reshape(n, c, self.hp, self.wp)[:, :, win.ph:win.ph + h, win.pw:win.pw + w]
-        return xp.ascontiguousarray(out)
+                left = j * win.dx
+                out[:, :, top:top + win.sy * (self.oh - 1) + 1:win.sy,
+                    left:left + win.sx * (self.ow - 1) + 1:win.sx] += cols[:, :, :, :, i, j]
+        out = out[:, :, win.ph:win.ph + h, win.pw:win.pw + w].transpose(1, 0, 4, 2, 3)
+        return xp.ascontiguousarray(out).reshape(n, c, h, w)
 
 
-def _grouped_matmul(xp, a, b, out=None):
-    """Batched (G, m, k) @ (G, k, n); one plain 2-D GEMM when G == 1."""
-    if a.shape[0] == 1:
-        return xp.matmul(a[0], b[0], out=None if out is None else out[0])[None]
-    return xp.matmul(a, b, out=out)
+def _per_group(xp, a, b, transpose_a=False, transpose_b=False, out=None):
+    """[a[g] @ b[g] for each group] with optional per-group transposes, as one (G, ., .) array."""
+    results = []
+    for g in range(a.shape[0]):
+        left = a[g].T if transpose_a else a[g]
+        right = b[g].T if transpose_b else b[g]
+        results.append(xp.matmul(left, right, out=None if out is None else out[g]))
+    return out if out is not None else xp.stack(results)
 
 
-def _conv_forward(x, W, geo: ConvGeometry, groups: int):
+def _conv_forward(x, W, geo: ConvGeometry):
     xp = get_array_module(x, W)
-    o = W.shape[0]
     col = geo.columns(x)
-    cols = col.reshape(groups, -1, geo.x_shape[0] * geo.positions)  # (G, C/G*kh*kw, N*P)
-    y = _grouped_matmul(xp, W.reshape(groups, o // groups, -1), cols)  # (G, O/G, N*P)
-    return geo.output(y.reshape(o, -1)), col
+    y = _per_group(xp, col, geo.weight_matrix(W), transpose_b=True)  # (G, N*oh*ow, O/G)
+    return geo.output(y), col
 
 
-def _conv_grad_input(gy, W, geo: ConvGeometry, groups: int):
+def _conv_grad_input(gy, W, geo: ConvGeometry):
     xp = get_array_module(gy, W)
-    o = W.shape[0]
-    Wg = W.reshape(groups, o // groups, -1)
-    gym = geo.gy_matrix(gy).reshape(groups, o // groups, -1)
-    gcol = scratch.empty((groups, Wg.shape[2], gym.shape[2]), gy.dtype, xp)  # (G, C/G*kh*kw, N*P)
-    _grouped_matmul(xp, Wg.transpose(0, 2, 1), gym, out=gcol)
-    win, (n, c) = geo.win, geo.x_shape[:2]
-    gx = geo.fold(gcol.reshape(c, win.kh, win.kw, n, geo.positions))
-    scratch.release(gcol)
-    return gx
+    win = geo.win
+    flipped_padding = (win.dy * (win.kh - 1) - win.ph, win.dx * (win.kw - 1) - win.pw)
+    if win.sy == win.sx == 1 and min(flipped_padding) >= 0:
+        # stride 1: the input gradient is a convolution of gy with the flipped, transposed kernels
+        o, cg, kh, kw = W.shape
+        g = geo.groups
+        W_t = W.reshape(g, o // g, cg, kh, kw)[:, :, :, ::-1, ::-1].transpose(0, 2, 1, 3, 4).reshape(g * cg, o // g,
+                                                                                                       kh, kw)
+        back = Window(kh, kw, 1, 1, flipped_padding[0], flipped_padding[1], win.dy, win.dx)
+        gx, col = _conv_forward(gy, W_t, ConvGeometry(gy.shape, back, g))
+        scratch.release(col)
+        return gx
+    gym = geo.gy_matrix(gy)
+    gcol = _per_group(xp, gym, geo.weight_matrix(W))  # (G, N*oh*ow, kh*kw*C/G)
+    return geo.fold(gcol)
 
 
-def _conv_grad_weight(gy, geo: ConvGeometry, groups: int, w_shape, col):
+def _conv_grad_weight(gy, geo: ConvGeometry, w_shape, col):
     xp = get_array_module(gy)
-    o = w_shape[0]
-    cols = col.reshape(groups, -1, geo.x_shape[0] * geo.positions)
-    gym = geo.gy_matrix(gy).reshape(groups, o // groups, -1)
-    gW = _grouped_matmul(xp, gym, cols.transpose(0, 2, 1))  # (G, O/G, C/G*kh*kw)
-    return gW.reshape(w_shape)
+    gWm = _per_group(xp, geo.gy_matrix(gy), col, transpose_a=True)  # (G, O/G, kh*kw*C/G)
+    return xp.ascontiguousarray(geo.weight_from_matrix(gWm, w_shape))
 
 
 class Conv2d(Function):
@@ -260,8 +284,7 @@ class Conv2d(Function):
         self.col = None
 
     def forward(self, x, W, b=None):
-        self.geo = ConvGeometry(x.shape, self.win)
-        y, self.col = _conv_forward(x, W, self.geo, self.groups)  # columns reused by the weight gradient
+        y, self.col = _conv_forward(x, W, ConvGeometry(x.shape, self.win, self.groups))  # col: for the weight grad
         if b is not None:
             y += b.reshape(1, -1, 1, 1)
         return y
@@ -288,7 +311,7 @@ class Conv2dGradInput(Function):
         self.x_shape = x_shape
 
     def forward(self, gy, W):
-        return _conv_grad_input(gy, W, ConvGeometry(self.x_shape, self.win), self.groups)
+        return _conv_grad_input(gy, W, ConvGeometry(self.x_shape, self.win, self.groups))
 
     def backward(self, ggx):
         gy, W = self.inputs
@@ -307,12 +330,12 @@ class Conv2dGradWeight(Function):
         self.col = col
 
     def forward(self, x, gy):
-        geo = ConvGeometry(x.shape, self.win)
+        geo = ConvGeometry(x.shape, self.win, self.groups)
         col, self.col = self.col, None
         owned = col is None  # computed here, so it can be recycled here
         if owned:
             col = geo.columns(x)
-        gW = _conv_grad_weight(gy, geo, self.groups, self.w_shape, col)
+        gW = _conv_grad_weight(gy, geo, self.w_shape, col)
         if owned:
             scratch.release(col)
         return gW

@@ -158,7 +158,7 @@ def _conv_check(device, reference, case, **kwargs):
     )
 
 
-@op_settings(fraction=0.8)
+@op_settings()
 @given(case=conv_cases())
 def test_conv2d(device, reference, case):
     _conv_check(device, reference, case)
@@ -264,7 +264,7 @@ def test_conv2d_bad_geometry_raises(kwargs, device):
 
 
 # ------------------------------------------------------------------ max_pool2d
-@op_settings(fraction=0.8)
+@op_settings()
 @given(data=st.data())
 def test_max_pool2d(device, reference, data):
     (h, w), kernel, stride, padding, dilation, ceil_mode = data.draw(pool_geometry(dilated=True), label="geometry")
@@ -315,7 +315,7 @@ def test_pool_input_too_small_raises(device):
 
 
 # ------------------------------------------------------------------ avg_pool2d
-@op_settings(fraction=0.8)
+@op_settings()
 @given(data=st.data())
 def test_avg_pool2d(device, reference, data):
     (h, w), kernel, stride, padding, _, ceil_mode = data.draw(pool_geometry(), label="geometry")
@@ -342,7 +342,7 @@ def test_avg_pool2d_divisors_like_torch(count_include_pad, ceil_mode, device, to
 
 
 # ------------------------------------------------------------------ adaptive_avg_pool2d
-@op_settings(fraction=0.8)
+@op_settings()
 @given(data=st.data())
 def test_adaptive_avg_pool2d(device, reference, data):
     h, w = data.draw(st.integers(1, 7), label="H"), data.draw(st.integers(1, 7), label="W")
