@@ -217,6 +217,21 @@ def grad(outputs, inputs, grad_outputs=None, retain_graph: bool | None = None,
     return result
 
 
+def partial_grad(outputs, inputs, grad_outputs):
+    """Partial derivatives of ``outputs`` with respect to each of ``inputs``, differentiably.
+
+    Unlike :func:`grad`, nothing upstream of ``inputs`` is visited (a path
+    from one input through another does not count). This is what a
+    Function's backward needs when it obtains higher-order derivatives from a
+    composite of differentiable ops (see ``minidl.functions.normalization``).
+    """
+    capture = {id(x): None for x in inputs}
+    grads = tuple(_initial_grad(y, g) for y, g in zip(outputs, grad_outputs))
+    run_backward(tuple(outputs), grads, retain_graph=True, create_graph=True, capture=capture,
+                 stop_at_captured=True)
+    return tuple(capture[id(x)] for x in inputs)
+
+
 def _wrap(data, device: Device) -> Tensor:
     """Fast internal constructor for op outputs (no checks)."""
     t = Tensor.__new__(Tensor)
@@ -295,7 +310,8 @@ def _initial_grad(root: Tensor, grad) -> Tensor:
 _tiebreak = itertools.count()
 
 
-def run_backward(roots, grads, retain_graph: bool, create_graph: bool, capture: dict | None = None) -> None:
+def run_backward(roots, grads, retain_graph: bool, create_graph: bool, capture: dict | None = None,
+                 stop_at_captured: bool = False) -> None:
     """The engine: propagate ``grads`` from ``roots`` to every leaf that requires grad.
 
     Functions are processed in decreasing ``generation`` (one more than the
@@ -304,7 +320,9 @@ def run_backward(roots, grads, retain_graph: bool, create_graph: bool, capture: 
 
     With ``capture`` (a dict id(tensor) -> None), gradients of those tensors
     are summed into the dict instead of into any ``.grad`` (this is
-    :func:`minidl.grad`).
+    :func:`minidl.grad`). With ``stop_at_captured``, propagation ends at the
+    captured tensors: the result is the partial derivative with respect to
+    each, as a Function's backward needs (see :func:`partial_grad`).
     """
     if isinstance(roots, Tensor):
         roots, grads = (roots,), (grads,)
@@ -318,6 +336,8 @@ def run_backward(roots, grads, retain_graph: bool, create_graph: bool, capture: 
             if capture is not None and id(x) in capture:
                 previous = capture[id(x)]
                 capture[id(x)] = gx if previous is None else previous + gx
+                if stop_at_captured:
+                    return
             if x.creator is None:
                 if capture is None:
                     _accumulate_leaf(x, gx, create_graph, given_out)

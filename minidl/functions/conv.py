@@ -377,11 +377,31 @@ def conv2d(x, W, b=None, stride=1, padding=0, dilation=1, groups: int = 1) -> Te
 
 
 # ------------------------------------------------------------------- pooling
-class MaxPool2d(Function):
-    """Max over windows: kh*kw elementwise maxima of strided views, no window copies.
+def _taps(win: Window, oh: int, ow: int):
+    """For each kernel offset k = (i, j): the (rows, cols) slices of a padded (H, W, ...) array it reads."""
+    for k in range(win.kh * win.kw):
+        i, j = divmod(k, win.kw)
+        yield k, (slice(i * win.dy, i * win.dy + win.sy * (oh - 1) + 1, win.sy),
+                  slice(j * win.dx, j * win.dx + win.sx * (ow - 1) + 1, win.sx))
 
-    Remembers, for every output, the flat index of the input element that
-    won (the first maximum, as PyTorch), so the backward is one bincount.
+
+def _spatial_first(x, win: Window, oh: int, ow: int, value):
+    """(N, C, H, W) -> padded (Hp, Wp, N, C): every pooling tap is then a view with N*C-long contiguous runs."""
+    xp = get_array_module(x)
+    n, c, h, w = x.shape
+    hp = max((oh - 1) * win.sy + win.dy * (win.kh - 1) + 1, h + 2 * win.ph)
+    wp = max((ow - 1) * win.sx + win.dx * (win.kw - 1) + 1, w + 2 * win.pw)
+    out = xp.full((hp, wp, n, c), value, dtype=x.dtype)
+    out[win.ph:win.ph + h, win.pw:win.pw + w] = x.transpose(2, 3, 0, 1)
+    return out
+
+
+class MaxPool2d(Function):
+    """Max over windows as kh*kw elementwise maxima of strided views (no window copies).
+
+    Works in a spatial-first layout (H, W, N, C) so each view is a few long
+    contiguous runs, and remembers which offset won each window (the first
+    maximum, as PyTorch) for the backward.
     """
 
     def __init__(self, win: Window, ceil_mode: bool):
@@ -390,79 +410,78 @@ class MaxPool2d(Function):
 
     def forward(self, x):
         xp = get_array_module(x)
-        win = self.win
         n, c, h, w = x.shape
-        oh, ow = win.output_hw(h, w, self.ceil_mode)
+        oh, ow = self.win.output_hw(h, w, self.ceil_mode)
         low = -numpy.inf if x.dtype.kind in "fV" else numpy.iinfo(x.dtype).min
-        padded = _padded(x, win, oh, ow, low)
-        best = winner = None
-        for k in range(win.kh * win.kw):
-            i, j = divmod(k, win.kw)
-            view = padded[:, :, i * win.dy:i * win.dy + win.sy * (oh - 1) + 1:win.sy,
-                          j * win.dx:j * win.dx + win.sx * (ow - 1) + 1:win.sx]
-            if best is None:
-                best = view.copy()
-                winner = xp.zeros(best.shape, dtype=numpy.int16 if win.kh * win.kw < 32000 else numpy.int64)
-            else:
-                better = view > best
-                xp.copyto(best, view, where=better)
-                xp.copyto(winner, k, where=better)
-        # flat index (into the padded input) of each output's winner
-        hp, wp = padded.shape[2:]
-        row = (winner // win.kw) * win.dy + (xp.arange(oh) * win.sy)[:, None]
-        col = (winner % win.kw) * win.dx + xp.arange(ow) * win.sx
-        plane = (xp.arange(n * c, dtype=numpy.int64) * (hp * wp)).reshape(n, c, 1, 1)
-        self.index = plane + row * wp + col
-        self.padded_shape = padded.shape
+        padded = _spatial_first(x, self.win, oh, ow, low)
+        taps = [padded[tap] for _, tap in _taps(self.win, oh, ow)]
+        best = taps[0].copy()
+        for view in taps[1:]:
+            xp.maximum(best, view, out=best)
+        # which offset won: the first one equal to the maximum (boolean arithmetic, no masked writes)
+        winner = xp.zeros(best.shape, dtype=numpy.int8 if len(taps) < 128 else numpy.int32)
+        taken = xp.zeros(best.shape, dtype=bool)
+        for k, view in enumerate(taps[1:], 1):
+            hit = view == best
+            hit &= ~taken
+            taken |= hit
+            winner += hit.astype(winner.dtype) * winner.dtype.type(k)
+        self.winner = winner  # (oh, ow, N, C)
+        self.padded_hw = padded.shape[:2]
         self.x_shape = x.shape
-        return best
+        return xp.ascontiguousarray(best.transpose(2, 3, 0, 1))
 
     def backward(self, gy):
-        return MaxPool2dGrad(self.win, self.index, self.padded_shape, self.x_shape)(gy)
+        return MaxPool2dGrad(self.win, self.winner, self.padded_hw, self.x_shape)(gy)
 
     def release(self):
-        self.index = None
+        self.winner = None
 
 
 class MaxPool2dGrad(Function):
-    """Route each output gradient to the input element that won its window (sums where windows overlap)."""
+    """Route each output gradient to the input element that won its window (adding where windows overlap)."""
 
-    def __init__(self, win: Window, index, padded_shape, x_shape):
+    def __init__(self, win: Window, winner, padded_hw, x_shape):
         self.win = win
-        self.index = index
-        self.padded_shape = padded_shape
+        self.winner = winner
+        self.padded_hw = padded_hw
         self.x_shape = x_shape
 
     def forward(self, gy):
         xp = get_array_module(gy)
-        size = int(numpy.prod(self.padded_shape))
-        gx = xp.bincount(self.index.ravel(), weights=gy.ravel(), minlength=size)
-        gx = gx.astype(gy.dtype, copy=False).reshape(self.padded_shape)
-        h, w = self.x_shape[2:]
-        return xp.ascontiguousarray(gx[:, :, self.win.ph:self.win.ph + h, self.win.pw:self.win.pw + w])
+        n, c, h, w = self.x_shape
+        oh, ow = gy.shape[2:]
+        g = xp.ascontiguousarray(gy.transpose(2, 3, 0, 1))  # (oh, ow, N, C): read 9 times, so copy once
+        gx = xp.zeros(self.padded_hw + (n, c), dtype=gy.dtype)
+        for k, tap in _taps(self.win, oh, ow):
+            gx[tap] += g * (self.winner == k)
+        gx = gx[self.win.ph:self.win.ph + h, self.win.pw:self.win.pw + w]
+        return xp.ascontiguousarray(gx.transpose(2, 3, 0, 1))
 
     def backward(self, ggx):
-        return _MaxPool2dSelect(self.win, self.index, self.padded_shape)(ggx)
+        return _MaxPool2dSelect(self.win, self.winner, self.padded_hw)(ggx)
 
 
 class _MaxPool2dSelect(Function):
     """Pick, for every output, the element of ggx where the forward max was (double backward)."""
 
-    def __init__(self, win: Window, index, padded_shape):
+    def __init__(self, win: Window, winner, padded_hw):
         self.win = win
-        self.index = index
-        self.padded_shape = padded_shape
+        self.winner = winner
+        self.padded_hw = padded_hw
 
     def forward(self, x):
         xp = get_array_module(x)
+        oh, ow = self.winner.shape[:2]
+        padded = _spatial_first(x, self.win, oh, ow, 0)
         self.x_shape = x.shape
-        pad_h = self.padded_shape[2] - x.shape[2] - self.win.ph
-        pad_w = self.padded_shape[3] - x.shape[3] - self.win.pw
-        padded = xp.pad(x, ((0, 0), (0, 0), (self.win.ph, pad_h), (self.win.pw, pad_w)))
-        return padded.reshape(-1)[self.index]
+        out = xp.zeros(self.winner.shape, dtype=x.dtype)
+        for k, tap in _taps(self.win, oh, ow):
+            out += padded[tap] * (self.winner == k)
+        return xp.ascontiguousarray(out.transpose(2, 3, 0, 1))
 
     def backward(self, gy):
-        return MaxPool2dGrad(self.win, self.index, self.padded_shape, self.x_shape)(gy)
+        return MaxPool2dGrad(self.win, self.winner, self.padded_hw, self.x_shape)(gy)
 
 
 def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode: bool = False) -> Tensor:
