@@ -44,6 +44,10 @@ def __getattr__(name):
         from .backend import bfloat16
 
         return bfloat16()
+    if name in ("save", "load"):
+        from . import serialization
+
+        return getattr(serialization, name)
     if name in ("build_model", "ModelError", "Model"):
         from . import builder
 

@@ -208,6 +208,11 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
+    except BrokenPipeError:  # `minidl summary ... | head`: the reader left; not an error
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except (ValueError, FileNotFoundError, KeyError) as e:  # ModelError, CheckpointError, missing data...
         message = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"minidl {args.command}: error: {message}", file=sys.stderr)

@@ -76,11 +76,16 @@ class Function:
             ys = (ys,)
         out_device = self.output_device or device
         outputs = [_wrap(y if not isinstance(y, numpy.generic) else numpy.asarray(y), out_device) for y in ys]
+        record = False
         if _mode.enabled and _is_float_dtype(outputs[0].data.dtype):
             for x in tensors:
                 if x.requires_grad:
-                    self._record(tensors, outputs)
+                    record = True
                     break
+        if record:
+            self._record(tensors, outputs)
+        else:
+            self.release()  # no backward will come: drop what forward kept for it (e.g. im2col buffers)
         return outputs[0] if len(outputs) == 1 else tuple(outputs)
 
     def _record(self, inputs, outputs):
@@ -112,7 +117,7 @@ class Function:
         raise NotImplementedError(f"{type(self).__name__} is not differentiable")
 
     def release(self) -> None:
-        """Drop whatever the op saved for backward (called when the graph is freed)."""
+        """Drop whatever the op saved for backward (when the graph is freed, or was never recorded)."""
 
 
 def _constant(value, device, ref_dtype, op) -> Tensor:

@@ -115,8 +115,12 @@ def npz_dataset(path: str, split: str = "train", images_key: str | None = None,
         y_key = labels_key or (f"y_{split}" if f"y_{split}" in keys else "labels")
         if x_key not in keys or y_key not in keys:
             raise KeyError(f"{path}: needs arrays {x_key!r} and {y_key!r} for split {split!r}; it has {sorted(keys)}")
-        classes = [str(c) for c in archive["classes"]] if "classes" in keys else None
-        return ArrayDataset(archive[x_key], archive[y_key], classes, name=f"{path.name}/{split}")
+        try:
+            classes = [str(c) for c in archive["classes"]] if "classes" in keys else None
+            images, labels = archive[x_key], archive[y_key]
+        except ValueError as e:  # object arrays need pickle, which is never allowed
+            raise ValueError(f"{path}: cannot be read without pickle ({e})") from None
+        return ArrayDataset(images, labels, classes, name=f"{path.name}/{split}")
 
 
 class ImageFolder:

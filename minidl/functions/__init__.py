@@ -14,7 +14,7 @@ from .array import (
     split, squeeze, stack, sum_to, swapaxes, to_device, transpose,
 )
 from .conv import adaptive_avg_pool2d, avg_pool2d, conv2d, max_pool2d
-from .linalg import matmul
+from .linalg import linear, matmul
 from .loss import cross_entropy
 from .math import (
     abs, add, clip, div, exp, log, maximum, minimum, mul, neg, pow, sigmoid, sign, sqrt, sub, tanh,
@@ -31,7 +31,7 @@ attach_tensor_methods()
 __all__ = [
     "adaptive_avg_pool2d", "avg_pool2d", "batch_norm", "conv2d", "dropout", "local_response_norm", "max_pool2d",
     "abs", "add", "astype", "broadcast_to", "clip", "concatenate", "cross_entropy", "div", "exp",
-    "expand_dims", "flatten", "getitem", "log", "log_softmax", "matmul", "max", "maximum", "mean",
+    "expand_dims", "flatten", "getitem", "linear", "log", "log_softmax", "matmul", "max", "maximum", "mean",
     "min", "minimum", "mul", "neg", "pad", "permute", "pow", "relu", "reshape", "sigmoid", "sign",
     "softmax", "split", "sqrt", "squeeze", "stack", "sub", "sum", "sum_to", "swapaxes", "tanh",
     "to_device", "transpose", "where",

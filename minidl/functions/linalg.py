@@ -8,7 +8,7 @@ from ..function import Function
 from ..tensor import Tensor
 from .array import reshape, sum_to, swapaxes
 
-__all__ = ["matmul"]
+__all__ = ["matmul", "linear"]
 
 
 class MatMul(Function):
@@ -38,3 +38,38 @@ class MatMul(Function):
 def matmul(a, b) -> Tensor:
     """Matrix product ``a @ b`` (batched and broadcasting over leading axes)."""
     return MatMul()(a, b)
+
+
+class Linear(Function):
+    """y = x @ W^T (+ b) for x (N, in), W (out, in): the fully connected layer in one op.
+
+    Its backward gives W's gradient as gy^T @ x, already in W's layout (a
+    generic matmul with a transposed operand would produce a transposed view
+    that has to be copied).
+    """
+
+    def forward(self, x, W, b=None):
+        xp = get_array_module(x, W)
+        y = xp.matmul(x, W.T)
+        if b is not None:
+            y += b
+        return y.astype(xp.result_type(x, W), copy=False)
+
+    def backward(self, gy):
+        x, W = self.inputs[:2]
+        gx = matmul(gy, W) if x.requires_grad else None
+        gW = matmul(swapaxes(gy, 0, 1), x) if W.requires_grad else None
+        if len(self.inputs) == 2:
+            return gx, gW
+        return gx, gW, gy.sum(axis=0)
+
+
+def linear(x, W, b=None) -> Tensor:
+    """Fully connected layer: ``x @ W.T + b`` with x (N, in_features), W (out_features, in_features)."""
+    if x.ndim != 2 or W.ndim != 2 or x.shape[1] != W.shape[1]:
+        raise ValueError(f"linear: expected x (N, {W.shape[-1] if W.ndim else '?'}) and W (out, in), got "
+                         f"{x.shape} and {W.shape}")
+    if b is not None and tuple(b.shape) != (W.shape[0],):
+        raise ValueError(f"linear: bias of shape {tuple(b.shape)} does not match {W.shape[0]} outputs")
+    return Linear()(x, W) if b is None else Linear()(x, W, b)
+

@@ -21,7 +21,7 @@ from ..backend import CPU, transfer
 from ..io_utils import atomic_write
 from ..safetensors_io import SafetensorsError, read_header, read_safetensors
 
-__all__ = ["save_checkpoint", "load_checkpoint", "list_checkpoints", "latest_valid_checkpoint", "CheckpointError",
+__all__ = ["write_checkpoint", "save_checkpoint", "load_checkpoint", "list_checkpoints", "latest_valid_checkpoint", "CheckpointError",
            "FORMAT"]
 
 FORMAT = "minidl-checkpoint-1"
@@ -49,9 +49,8 @@ def _host(array):
     return numpy.ascontiguousarray(transfer(array, CPU))
 
 
-def save_checkpoint(directory, step: int, model, optimizer=None, meta: dict | None = None,
-                    transform_state: dict | None = None, keep: int = 3) -> Path:
-    """Write ``ckpt-<step>.safetensors`` atomically and keep only the newest ``keep`` checkpoints."""
+def write_checkpoint(path, model, optimizer=None, meta: dict | None = None, transform_state: dict | None = None):
+    """Write model (and optimizer) state plus JSON ``meta`` to one safetensors file, atomically."""
     from safetensors.numpy import save_file
 
     tensors = {f"model/{k}": _host(v) for k, v in model.state_dict().items()}
@@ -70,10 +69,17 @@ def save_checkpoint(directory, step: int, model, optimizer=None, meta: dict | No
     for key, value in (transform_state or {}).items():
         tensors[f"transform/{key}"] = _host(value)
     meta["format"] = FORMAT
-    meta["step"] = int(step)
-    path = checkpoint_path(directory, step)
+    path = Path(path)
     with atomic_write(path) as tmp:
         save_file(tensors, str(tmp), metadata={"minidl": json.dumps(meta, default=_json_default)})
+    return path
+
+
+def save_checkpoint(directory, step: int, model, optimizer=None, meta: dict | None = None,
+                    transform_state: dict | None = None, keep: int = 3) -> Path:
+    """Write ``ckpt-<step>.safetensors`` atomically and keep only the newest ``keep`` checkpoints."""
+    path = write_checkpoint(checkpoint_path(directory, step), model, optimizer, {**(meta or {}), "step": int(step)},
+                            transform_state)
     for old in list_checkpoints(directory)[:-keep] if keep > 0 else []:
         old.unlink(missing_ok=True)
     return path

@@ -53,8 +53,7 @@ class Linear(mdl.nn.Module):
     def forward(self, x):
         if self.weight is None:
             self.build(x.shape[1:], x.device, x.dtype)
-        y = x @ self.weight.T
-        return y + self.bias if self.bias is not None else y
+        return F.linear(x, self.weight, self.bias)
 
     def extra_repr(self):
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.use_bias}"
@@ -99,6 +98,9 @@ class Flatten(mdl.nn.Module):
         self.start_dim = start_dim
 
     def output_shape(self, input_shape):
+        if self.start_dim > len(input_shape):
+            raise ValueError(f"flatten: start_dim {self.start_dim} is past the last axis of inputs of per-sample "
+                             f"shape {tuple(input_shape)}")
         keep = tuple(input_shape[: self.start_dim - 1])
         rest = 1
         for n in input_shape[self.start_dim - 1:]:
@@ -145,6 +147,9 @@ class Concat(mdl.nn.Module):
     def output_shape(self, *input_shapes):
         axis = self.axis - 1 if self.axis > 0 else self.axis  # per-sample shapes have no batch axis
         first = list(input_shapes[0])
+        if not -len(first) <= axis < len(first):
+            raise ValueError(f"concat: axis {self.axis} is out of range for inputs of per-sample shape "
+                             f"{tuple(first)}")
         for i, shape in enumerate(input_shapes[1:], 1):
             if len(shape) != len(first) or any(a != b for k, (a, b) in enumerate(zip(first, shape))
                                                if k != axis % len(first)):

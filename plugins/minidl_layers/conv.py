@@ -22,6 +22,8 @@ class Conv2d(mdl.nn.Module):
                  padding: int | tuple = 0, dilation: int | tuple = 1, groups: int = 1, bias: bool = True,
                  in_channels: int | None = None, weight_init=None, bias_init=None):
         super().__init__()
+        if in_channels is not None and in_channels < 1:
+            raise ValueError(f"conv2d: in_channels must be positive, got {in_channels}")
         if out_channels < 1 or groups < 1 or out_channels % groups:
             raise ValueError(f"conv2d: out_channels={out_channels} must be positive and divisible by groups={groups}")
         self.window = Window.make(kernel_size, stride, padding, dilation)
@@ -39,7 +41,7 @@ class Conv2d(mdl.nn.Module):
     def build(self, input_shape, device=None, dtype="float32") -> None:
         """Create the parameters for inputs of per-sample shape (C, H, W)."""
         in_channels = input_shape[0]
-        if in_channels % self.groups:
+        if in_channels < 1 or in_channels % self.groups:
             raise ValueError(f"conv2d: {in_channels} input channels are not divisible by groups={self.groups}")
         self.in_channels = in_channels
         w = self.window

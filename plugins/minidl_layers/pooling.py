@@ -24,6 +24,8 @@ class MaxPool2d(mdl.nn.Module):
         self.ceil_mode = ceil_mode
 
     def output_shape(self, input_shape) -> tuple:
+        if len(input_shape) != 3:
+            raise ValueError(f"pooling expects (C, H, W) inputs, got per-sample shape {tuple(input_shape)}")
         c, h, w = input_shape
         return (c,) + self.window.output_hw(h, w, self.ceil_mode)
 
