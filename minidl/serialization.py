@@ -31,9 +31,9 @@ def save(path, model, optimizer=None, **meta):
 
     spec = getattr(model, "spec", None)
     if spec is not None:
-        from .training.recipe import _plain
+        from .yaml_loader import plain
 
-        meta.setdefault("model_spec", _plain(spec))
+        meta.setdefault("model_spec", plain(spec))
     return write_checkpoint(path, model, optimizer, meta)
 
 

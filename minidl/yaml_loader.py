@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-__all__ = ["LocatedDict", "LocatedList", "YamlError", "load_yaml", "MAX_DEPTH", "MAX_EXPANDED_NODES", "Mark"]
+__all__ = ["LocatedDict", "LocatedList", "YamlError", "load_yaml", "plain", "MAX_DEPTH", "MAX_EXPANDED_NODES", "Mark"]
 
 MAX_DEPTH = 64
 MAX_EXPANDED_NODES = 100_000
@@ -195,3 +195,13 @@ def load_yaml(source, text: str | None = None):
         raise YamlError(f"YAML error: {e}", name) from None
     except RecursionError:
         raise YamlError("structure too deeply nested or self-referencing", name) from None
+
+
+def plain(value):
+    """Located containers -> plain dicts and lists (for JSON, copies, comparisons)."""
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    return value
+

@@ -17,6 +17,8 @@ class Scheduler:
     written in iterations), after ``optimizer.step()``.
     """
 
+    needs_metric = False  # True: step(metric) takes a validation metric (reduce-on-plateau)
+
     def __init__(self, optimizer, warmup_steps: int = 0, warmup_start_factor: float = 0.1):
         if warmup_steps < 0 or not 0.0 < warmup_start_factor <= 1.0:
             raise ValueError("warmup_steps must be >= 0 and warmup_start_factor in (0, 1]")

@@ -19,6 +19,7 @@ from ..data import DataLoader
 from ..data.transforms import CenterCrop, Compose, MeanImage, Normalize, RandomCrop, TenCrop, to_float
 from ..nn.init import constant, normal
 from ..plugins import get_plugin_manager, registry
+from ..yaml_loader import plain
 from .trainer import Trainer
 
 __all__ = ["PAPER_PRESET", "apply_paper_init", "open_dataset", "make_transforms", "eval_transforms", "prepare"]
@@ -103,7 +104,7 @@ def prepare(model_path, data=None, epochs=None, steps=None, batch_size=None, lr=
             ten_crop=False) -> Trainer:
     """Build the model, data, optimizer and scheduler for ``minidl train`` and return the Trainer."""
     model = build_model(model_path)
-    train = _plain(model.spec.get("train", {}))  # plain dicts: a copy that drops the YAML locations
+    train = plain(model.spec.get("train", {}))  # plain dicts: a copy that drops the YAML locations
     preset = preset or train.get("preset")
     if preset is not None:
         if preset != "paper":
@@ -160,10 +161,10 @@ def prepare(model_path, data=None, epochs=None, steps=None, batch_size=None, lr=
 
     manager = get_plugin_manager()
     meta = {
-        "model_spec": _plain(model.spec),
+        "model_spec": plain(model.spec),
         "model_file": str(model_path),
-        "data": {"spec": _plain(data), "classes": list(getattr(train_set, "classes", [])),
-                 "train_transforms": _plain(train.get("augmentation", [])),
+        "data": {"spec": plain(data), "classes": list(getattr(train_set, "classes", [])),
+                 "train_transforms": plain(train.get("augmentation", [])),
                  "normalize": next(({"mean": t.mean, "std": t.std} for t in augmentation
                                     if isinstance(t, Normalize)), None)},
         "plugins": {name: {"package": p.package, "version": p.version, "status": p.status}
@@ -174,12 +175,3 @@ def prepare(model_path, data=None, epochs=None, steps=None, batch_size=None, lr=
                    checkpoint_every=checkpoint_every, keep=keep or train.get("keep_checkpoints", 3), meta=meta,
                    transform_state=pipeline.state_dict(), progress=progress, eval_crops=crops,
                    scheduler_interval=interval)
-
-
-def _plain(value):
-    """Located YAML containers -> plain dicts/lists (JSON for checkpoint metadata)."""
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value

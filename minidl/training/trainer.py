@@ -116,7 +116,7 @@ class Trainer:
         self.eval_crops = eval_crops
         if scheduler_interval not in ("epoch", "step"):
             raise ValueError(f"scheduler_interval must be 'epoch' or 'step', got {scheduler_interval!r}")
-        plateau = scheduler is not None and type(scheduler).__name__ == "ReduceOnPlateau"
+        plateau = getattr(scheduler, "needs_metric", False)
         self.step_scheduler_each_step = scheduler is not None and scheduler_interval == "step" and not plateau
         self.step = 0
         self.epoch = 0
@@ -242,7 +242,7 @@ class Trainer:
             if self.best is None or result["top1"] > self.best:
                 self.best = result["top1"]
         if self.scheduler is not None and not self.step_scheduler_each_step:
-            if type(self.scheduler).__name__ == "ReduceOnPlateau":
+            if getattr(self.scheduler, "needs_metric", False):
                 self.scheduler.step(1.0 - row.get("val_top1", row["train_top1"]))
             else:
                 self.scheduler.step()

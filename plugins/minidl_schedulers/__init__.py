@@ -82,6 +82,8 @@ class ReduceOnPlateau(Scheduler):
     one the lr drops, then ``cooldown`` epochs pass before counting again.
     """
 
+    needs_metric = True
+
     def __init__(self, optimizer, mode: str = "min", factor: float = 0.1, patience: int = 10,
                  threshold: float = 1e-4, cooldown: int = 0, min_lr: float = 0.0):
         if mode not in ("min", "max") or not 0.0 < factor < 1.0:
