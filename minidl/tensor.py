@@ -18,7 +18,7 @@ import numpy
 
 from . import backend
 from .backend import CPU, Device, as_device
-from .grad_mode import _mode, enable_grad, no_grad
+from .grad_mode import enable_grad, no_grad
 
 __all__ = ["Tensor", "Parameter", "tensor", "as_tensor", "grad", "DEFAULT_DTYPE"]
 

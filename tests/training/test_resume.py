@@ -1,7 +1,6 @@
 """Crash-safe checkpoints: kill -9 and resume is bit-exact; Ctrl-C writes a checkpoint; NaN stops training."""
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -152,6 +151,7 @@ def test_outputs_of_a_run(tiny, tmp_path):
     assert (out / "curves.png").exists()
 
 
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
 def test_diagnosis_names_the_first_non_finite_layer():
     import minidl as mdl
     from minidl.data.loader import Batch
