@@ -235,14 +235,19 @@ class ConvGeometry:
         return xp.ascontiguousarray(out).reshape(n, c, h, w)
 
 
-def _per_group(xp, a, b, transpose_a=False, transpose_b=False, out=None):
+def _per_group(xp, a, b, transpose_a=False, transpose_b=False):
     """[a[g] @ b[g] for each group] with optional per-group transposes, as one (G, ., .) array."""
-    results = []
-    for g in range(a.shape[0]):
-        left = a[g].T if transpose_a else a[g]
-        right = b[g].T if transpose_b else b[g]
-        results.append(xp.matmul(left, right, out=None if out is None else out[g]))
-    return out if out is not None else xp.stack(results)
+    def operands(g):
+        return a[g].T if transpose_a else a[g], b[g].T if transpose_b else b[g]
+
+    if a.shape[0] == 1:
+        return xp.matmul(*operands(0))[None]
+    first = xp.matmul(*operands(0))
+    out = xp.empty((a.shape[0],) + first.shape, dtype=first.dtype)
+    out[0] = first
+    for g in range(1, a.shape[0]):
+        xp.matmul(*operands(g), out=out[g])
+    return out
 
 
 def _conv_forward(x, W, geo: ConvGeometry):
