@@ -73,39 +73,27 @@ def _cmd_train(args) -> int:
 
 
 def _restore_model(path, device):
-    from .builder import build_model
-    from .training.checkpoint import load_checkpoint
+    """(model in eval mode, the loaded checkpoint) for eval and predict."""
+    from .serialization import load
 
-    checkpoint = load_checkpoint(path)
-    meta = checkpoint["meta"]
-    model = build_model(meta["model_spec"])
-    model.load_state_dict(checkpoint["model"])
-    model.to(device).eval()
-    return model, meta, checkpoint
-
-
-def _eval_pipeline(meta, checkpoint, ten_crop=False):
-    from .data.transforms import Compose, Normalize
-    from .training.recipe import eval_transforms, make_transforms
-
-    transforms = make_transforms(meta["data"].get("train_transforms"))
-    if meta["data"].get("normalize") and not any(isinstance(t, Normalize) for t in transforms):
-        transforms.append(Normalize(**meta["data"]["normalize"]))
-    pipeline = Compose(transforms)
-    pipeline.load_state_dict(checkpoint["transform"])
-    return Compose(eval_transforms(pipeline.transforms, ten_crop=ten_crop))
+    loaded = load(path, device)
+    if loaded.model is None:
+        raise ValueError(f"{path}: has no model spec, so the model cannot be rebuilt")
+    loaded.model.eval()
+    return loaded.model, loaded
 
 
 def _cmd_eval(args) -> int:
     from .data import DataLoader
-    from .training.recipe import open_dataset
+    from .training.recipe import checkpoint_eval_pipeline, open_dataset
     from .training.trainer import evaluate
 
-    model, meta, checkpoint = _restore_model(args.checkpoint, args.device)
+    model, loaded = _restore_model(args.checkpoint, args.device)
+    meta = loaded.meta
     dataset = open_dataset(args.data or meta["data"]["spec"], args.split)
     crops = 10 if args.ten_crop else 1
     loader = DataLoader(dataset, max(1, args.batch_size // crops), shuffle=False, drop_last=False,
-                        transform=_eval_pipeline(meta, checkpoint, args.ten_crop), device=args.device)
+                        transform=checkpoint_eval_pipeline(meta, loaded.transform_state, args.ten_crop), device=args.device)
     result = evaluate(model, loader, crops=crops)
     result.update(checkpoint=str(args.checkpoint), step=meta["step"], ten_crop=args.ten_crop)
     if args.json:
@@ -123,10 +111,12 @@ def _cmd_predict(args) -> int:
 
     from .grad_mode import no_grad
     from .tensor import tensor
+    from .training.recipe import checkpoint_eval_pipeline
 
-    model, meta, checkpoint = _restore_model(args.checkpoint, args.device)
+    model, loaded = _restore_model(args.checkpoint, args.device)
+    meta = loaded.meta
     classes = meta["data"].get("classes") or [str(i) for i in range(model.nodes[-1].output_shape[0])]
-    pipeline = _eval_pipeline(meta, checkpoint)
+    pipeline = checkpoint_eval_pipeline(meta, loaded.transform_state)
     c, h, w = model.input_shape
     for path in args.images:
         try:

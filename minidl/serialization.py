@@ -23,6 +23,7 @@ class Loaded:
     state: dict  # parameter/buffer name -> NumPy array
     optimizer_state: dict | None  # for optimizer.load_state_dict
     meta: dict
+    transform_state: dict  # data-transform statistics of a training run (e.g. a mean image)
 
 
 def save(path, model, optimizer=None, **meta):
@@ -50,4 +51,4 @@ def load(path, device=None) -> Loaded:
         model.load_state_dict(checkpoint["model"])
         if device is not None:
             model.to(device)
-    return Loaded(model, checkpoint["model"], checkpoint["optimizer"], meta)
+    return Loaded(model, checkpoint["model"], checkpoint["optimizer"], meta, checkpoint["transform"])

@@ -13,7 +13,7 @@ import concurrent.futures
 
 import numpy
 
-from ..backend import as_device, transfer
+from ..backend import as_device
 from ..tensor import Tensor
 from .transforms import Compose, to_float
 
@@ -63,8 +63,7 @@ class DataLoader:
         if self.transform is not None:
             images = self.transform(images, numpy.random.default_rng([self.seed, epoch, index, 1]))
         images = to_float(images)
-        return Batch(Tensor(transfer(numpy.ascontiguousarray(images), self.device), device=self.device),
-                     labels, index)
+        return Batch(Tensor(numpy.ascontiguousarray(images), device=self.device), labels, index)  # copies to a GPU
 
     def epoch(self, epoch: int, start: int = 0):
         """Iterate over the batches of ``epoch``, beginning at batch ``start`` (to resume mid-epoch)."""

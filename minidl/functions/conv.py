@@ -1,9 +1,10 @@
 """Convolution and pooling over (N, C, H, W) tensors, vectorized with im2col and GEMM.
 
-``im2col`` turns every receptive field into a column through a strided view
-(no Python loop over pixels or images), so a convolution is one batched GEMM
-over groups. ``col2im`` folds columns back with one strided add per kernel
-offset (at most kh*kw adds, each over the whole batch).
+A convolution copies every receptive field into a column through a strided
+view (no Python loop over pixels or images) and is then one GEMM per group
+(:class:`ConvGeometry`); folding column gradients back is one strided add per
+kernel offset. ``im2col``/``col2im`` are the same operations in plain
+(N, C, H, W) layouts, used by the pools.
 
 The gradient of a convolution is itself made of convolutions, so each piece
 is a Function whose backward uses the others, and double backward works
@@ -75,6 +76,20 @@ class Window:
             )
         return cls(kh, kw, sy, sx, ph, pw, dy, dx)
 
+    def padded_hw(self, h: int, w: int, oh: int, ow: int) -> tuple:
+        """(Hp, Wp) of the zero-padded input that holds every window of an (oh, ow) output grid
+        (ceil_mode may reach past the padding)."""
+        hp = max((oh - 1) * self.sy + self.dy * (self.kh - 1) + 1, h + 2 * self.ph)
+        wp = max((ow - 1) * self.sx + self.dx * (self.kw - 1) + 1, w + 2 * self.pw)
+        return hp, wp
+
+    def taps(self, oh: int, ow: int):
+        """For each kernel offset k = (i, j): k and the (rows, cols) slices of the padded input it reads."""
+        for k in range(self.kh * self.kw):
+            i, j = divmod(k, self.kw)
+            yield k, (slice(i * self.dy, i * self.dy + self.sy * (oh - 1) + 1, self.sy),
+                      slice(j * self.dx, j * self.dx + self.sx * (ow - 1) + 1, self.sx))
+
     def output_hw(self, h: int, w: int, ceil_mode: bool = False) -> tuple:
         oh = conv_output_size(h, self.kh, self.sy, self.ph, self.dy, ceil_mode)
         ow = conv_output_size(w, self.kw, self.sx, self.pw, self.dx, ceil_mode)
@@ -90,13 +105,10 @@ class Window:
 def _padded(x, win: Window, oh: int, ow: int, value=0.0):
     """Pad H and W so every window of the (oh, ow) output grid lies inside."""
     xp = get_array_module(x)
-    n, c, h, w = x.shape
-    need_h = (oh - 1) * win.sy + win.dy * (win.kh - 1) + 1
-    need_w = (ow - 1) * win.sx + win.dx * (win.kw - 1) + 1
-    extra_h = max(need_h - h - 2 * win.ph, 0)  # ceil_mode may reach past the padding
-    extra_w = max(need_w - w - 2 * win.pw, 0)
-    if win.ph or win.pw or extra_h or extra_w:
-        x = xp.pad(x, ((0, 0), (0, 0), (win.ph, win.ph + extra_h), (win.pw, win.pw + extra_w)),
+    h, w = x.shape[2:]
+    hp, wp = win.padded_hw(h, w, oh, ow)
+    if (hp, wp) != (h, w):
+        x = xp.pad(x, ((0, 0), (0, 0), (win.ph, hp - h - win.ph), (win.pw, wp - w - win.pw)),
                    constant_values=value)
     return x
 
@@ -131,15 +143,11 @@ def col2im(col, win: Window, x_shape, layout: str = "ckn"):
         _, _, _, _, oh, ow = col.shape
     else:
         _, _, oh, ow, _, _ = col.shape
-    need_h = max((oh - 1) * win.sy + win.dy * (win.kh - 1) + 1, h + 2 * win.ph)
-    need_w = max((ow - 1) * win.sx + win.dx * (win.kw - 1) + 1, w + 2 * win.pw)
-    out = xp.zeros((n, c, need_h, need_w), dtype=col.dtype)
-    for i in range(win.kh):
-        top = i * win.dy
-        for j in range(win.kw):
-            left = j * win.dx
-            patch = col[:, i, j].transpose(1, 0, 2, 3) if layout == "ckn" else col[:, :, :, :, i, j]
-            out[:, :, top:top + win.sy * oh:win.sy, left:left + win.sx * ow:win.sx] += patch
+    out = xp.zeros((n, c) + win.padded_hw(h, w, oh, ow), dtype=col.dtype)
+    for k, (rows, cols) in win.taps(oh, ow):
+        i, j = divmod(k, win.kw)
+        patch = col[:, i, j].transpose(1, 0, 2, 3) if layout == "ckn" else col[:, :, :, :, i, j]
+        out[:, :, rows, cols] += patch
     return out[:, :, win.ph:win.ph + h, win.pw:win.pw + w]
 
 
@@ -221,16 +229,10 @@ class ConvGeometry:
         xp = get_array_module(gcol)
         win, (n, c, h, w) = self.win, self.x_shape
         g, cg = self.groups, c // self.groups
-        hp = max((self.oh - 1) * win.sy + win.dy * (win.kh - 1) + 1, h + 2 * win.ph)
-        wp = max((self.ow - 1) * win.sx + win.dx * (win.kw - 1) + 1, w + 2 * win.pw)
-        out = xp.zeros((g, n, hp, wp, cg), dtype=gcol.dtype)
-        cols = gcol.reshape(g, n, self.oh, self.ow, win.kh, win.kw, cg)
-        for i in range(win.kh):
-            top = i * win.dy
-            for j in range(win.kw):
-                left = j * win.dx
-                out[:, :, top:top + win.sy * (self.oh - 1) + 1:win.sy,
-                    left:left + win.sx * (self.ow - 1) + 1:win.sx] += cols[:, :, :, :, i, j]
+        out = xp.zeros((g, n) + win.padded_hw(h, w, self.oh, self.ow) + (cg,), dtype=gcol.dtype)
+        cols = gcol.reshape(g, n, self.oh, self.ow, win.kh * win.kw, cg)
+        for k, tap in win.taps(self.oh, self.ow):
+            out[(slice(None), slice(None)) + tap] += cols[:, :, :, :, k]
         out = out[:, :, win.ph:win.ph + h, win.pw:win.pw + w].transpose(1, 0, 4, 2, 3)
         return xp.ascontiguousarray(out).reshape(n, c, h, w)
 
@@ -382,21 +384,11 @@ def conv2d(x, W, b=None, stride=1, padding=0, dilation=1, groups: int = 1) -> Te
 
 
 # ------------------------------------------------------------------- pooling
-def _taps(win: Window, oh: int, ow: int):
-    """For each kernel offset k = (i, j): the (rows, cols) slices of a padded (H, W, ...) array it reads."""
-    for k in range(win.kh * win.kw):
-        i, j = divmod(k, win.kw)
-        yield k, (slice(i * win.dy, i * win.dy + win.sy * (oh - 1) + 1, win.sy),
-                  slice(j * win.dx, j * win.dx + win.sx * (ow - 1) + 1, win.sx))
-
-
 def _spatial_first(x, win: Window, oh: int, ow: int, value):
     """(N, C, H, W) -> padded (Hp, Wp, N, C): every pooling tap is then a view with N*C-long contiguous runs."""
     xp = get_array_module(x)
     n, c, h, w = x.shape
-    hp = max((oh - 1) * win.sy + win.dy * (win.kh - 1) + 1, h + 2 * win.ph)
-    wp = max((ow - 1) * win.sx + win.dx * (win.kw - 1) + 1, w + 2 * win.pw)
-    out = xp.full((hp, wp, n, c), value, dtype=x.dtype)
+    out = xp.full(win.padded_hw(h, w, oh, ow) + (n, c), value, dtype=x.dtype)
     out[win.ph:win.ph + h, win.pw:win.pw + w] = x.transpose(2, 3, 0, 1)
     return out
 
@@ -419,7 +411,7 @@ class MaxPool2d(Function):
         oh, ow = self.win.output_hw(h, w, self.ceil_mode)
         low = -numpy.inf if x.dtype.kind in "fV" else numpy.iinfo(x.dtype).min
         padded = _spatial_first(x, self.win, oh, ow, low)
-        taps = [padded[tap] for _, tap in _taps(self.win, oh, ow)]
+        taps = [padded[tap] for _, tap in self.win.taps(oh, ow)]
         best = taps[0].copy()
         for view in taps[1:]:
             xp.maximum(best, view, out=best)
@@ -458,7 +450,7 @@ class MaxPool2dGrad(Function):
         oh, ow = gy.shape[2:]
         g = xp.ascontiguousarray(gy.transpose(2, 3, 0, 1))  # (oh, ow, N, C): read 9 times, so copy once
         gx = xp.zeros(self.padded_hw + (n, c), dtype=gy.dtype)
-        for k, tap in _taps(self.win, oh, ow):
+        for k, tap in self.win.taps(oh, ow):
             gx[tap] += g * (self.winner == k)
         gx = gx[self.win.ph:self.win.ph + h, self.win.pw:self.win.pw + w]
         return xp.ascontiguousarray(gx.transpose(2, 3, 0, 1))
@@ -481,7 +473,7 @@ class _MaxPool2dSelect(Function):
         padded = _spatial_first(x, self.win, oh, ow, 0)
         self.x_shape = x.shape
         out = xp.zeros(self.winner.shape, dtype=x.dtype)
-        for k, tap in _taps(self.win, oh, ow):
+        for k, tap in self.win.taps(oh, ow):
             out += padded[tap] * (self.winner == k)
         return xp.ascontiguousarray(out.transpose(2, 3, 0, 1))
 

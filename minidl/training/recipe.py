@@ -22,7 +22,8 @@ from ..plugins import get_plugin_manager, registry
 from ..yaml_loader import plain
 from .trainer import Trainer
 
-__all__ = ["PAPER_PRESET", "apply_paper_init", "open_dataset", "make_transforms", "eval_transforms", "prepare"]
+__all__ = ["PAPER_PRESET", "apply_paper_init", "open_dataset", "make_transforms", "eval_transforms",
+           "checkpoint_eval_pipeline", "prepare"]
 
 PAPER_PRESET = {
     "optimizer": {"type": "sgd", "lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4, "form": "paper"},
@@ -86,6 +87,21 @@ def eval_transforms(train_transforms, ten_crop: bool = False) -> list:
     return [t for t in out if t is not None]
 
 
+def _normalizes(transforms) -> bool:
+    return any(isinstance(t, (Normalize, MeanImage)) for t in transforms)
+
+
+def checkpoint_eval_pipeline(meta: dict, transform_state: dict, ten_crop: bool = False) -> Compose:
+    """The evaluation transforms of a training run, rebuilt from its checkpoint (``minidl eval``/``predict``)."""
+    data = meta["data"]
+    transforms = make_transforms(data.get("train_transforms"))
+    if data.get("normalize") and not _normalizes(transforms):
+        transforms.append(Normalize(**data["normalize"]))
+    pipeline = Compose(transforms)
+    pipeline.load_state_dict(transform_state)
+    return Compose(eval_transforms(pipeline.transforms, ten_crop=ten_crop))
+
+
 def _center(crop: RandomCrop):
     return None if crop.padding else CenterCrop(crop.size)
 
@@ -127,7 +143,7 @@ def prepare(model_path, data=None, epochs=None, steps=None, batch_size=None, lr=
     if tuple(train_set.sample_shape) != tuple(model.input_shape) and not train.get("augmentation"):
         raise ValueError(f"data samples are {train_set.sample_shape} but {model_path} expects {model.input_shape}")
     augmentation = make_transforms(train.get("augmentation"))
-    if not any(isinstance(t, (Normalize, MeanImage)) for t in augmentation):
+    if not _normalizes(augmentation):
         mean, std = _channel_stats(train_set)
         augmentation.append(Normalize(mean, std))
     pipeline = Compose(augmentation)
