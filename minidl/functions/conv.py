@@ -11,6 +11,12 @@ is a Function whose backward uses the others, and double backward works
 (see :class:`ConvGeometry` for the memory layout):
 
     y  = conv2d(x, W)             gx = conv2d_grad_input(gy, W)   gW = conv2d_grad_weight(x, gy)
+
+Layout: arrays are always indexed (N, C, H, W), but convolutions return
+(and pools and LRN keep) channels-last *storage* -- an (N, H, W, C) array
+seen through a transposed view -- since that is what a GEMM produces. A
+conv -> relu -> lrn -> pool -> conv chain then never transposes its
+activations or gradients; C-contiguous inputs work the same, only slower.
 """
 from __future__ import annotations
 
@@ -36,6 +42,19 @@ def _pair(value, name) -> tuple:
     if len(pair) != 2 or any(not isinstance(v, (int, numpy.integer)) for v in pair):
         raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
     return int(pair[0]), int(pair[1])
+
+
+def is_channels_last(a) -> bool:
+    """True when an (N, C, H, W) array is stored (N, H, W, C): C-contiguous once C is moved last."""
+    return a.ndim == 4 and a.shape[1] > 1 and a.transpose(0, 2, 3, 1).flags.c_contiguous
+
+
+def empty_nchw(xp, shape, dtype, channels_last: bool):
+    """An uninitialised (N, C, H, W) array, stored (N, H, W, C) when ``channels_last``."""
+    if not channels_last:
+        return xp.empty(shape, dtype=dtype)
+    n, c, h, w = shape
+    return xp.empty((n, h, w, c), dtype=dtype).transpose(0, 3, 1, 2)
 
 
 def conv_output_size(size: int, kernel: int, stride: int, padding: int, dilation: int = 1,
@@ -208,24 +227,23 @@ class ConvGeometry:
         o, cg, kh, kw = w_shape
         return m.reshape(o, kh, kw, cg).transpose(0, 3, 1, 2)
 
+    def empty_output(self, o: int, dtype, xp):
+        """The (N*oh*ow, G, O/G) buffer the GEMMs write into: (N, oh, ow, O) storage."""
+        return xp.empty((self.rows, self.groups, o // self.groups), dtype=dtype)
+
     def output(self, y):
-        """(G, N*oh*ow, O/G) GEMM results -> (N, O, oh, ow), contiguous."""
-        xp = get_array_module(y)
-        g, _, og = y.shape
+        """(N*oh*ow, G, O/G) GEMM results -> (N, O, oh, ow), a view of the channels-last storage."""
         n = self.x_shape[0]
-        y = y.reshape(g, n, self.oh, self.ow, og).transpose(1, 0, 4, 2, 3)
-        return xp.ascontiguousarray(y).reshape(n, g * og, self.oh, self.ow)
+        return y.reshape(n, self.oh, self.ow, -1).transpose(0, 3, 1, 2)
 
     def gy_matrix(self, gy):
-        """(N, O, oh, ow) -> (G, N*oh*ow, O/G), contiguous."""
-        xp = get_array_module(gy)
+        """(N, O, oh, ow) -> (G, N*oh*ow, O/G): a view when gy is channels-last, else one copy."""
         n, o = gy.shape[:2]
-        g = self.groups
-        m = gy.reshape(n, g, o // g, self.oh, self.ow).transpose(1, 0, 3, 4, 2)
-        return xp.ascontiguousarray(m).reshape(g, self.rows, o // g)
+        m = gy.transpose(0, 2, 3, 1).reshape(self.rows, self.groups, o // self.groups)  # copies only if needed
+        return m.transpose(1, 0, 2)
 
     def fold(self, gcol):
-        """(G, N*oh*ow, kh*kw*C/G) column gradients -> (N, C, H, W): the adjoint of columns()."""
+        """(G, N*oh*ow, kh*kw*C/G) column gradients -> (N, C, H, W), channels-last: the adjoint of columns()."""
         xp = get_array_module(gcol)
         win, (n, c, h, w) = self.win, self.x_shape
         g, cg = self.groups, c // self.groups
@@ -233,29 +251,22 @@ class ConvGeometry:
         cols = gcol.reshape(g, n, self.oh, self.ow, win.kh * win.kw, cg)
         for k, tap in win.taps(self.oh, self.ow):
             out[(slice(None), slice(None)) + tap] += cols[:, :, :, :, k]
-        out = out[:, :, win.ph:win.ph + h, win.pw:win.pw + w].transpose(1, 0, 4, 2, 3)
-        return xp.ascontiguousarray(out).reshape(n, c, h, w)
+        out = out[:, :, win.ph:win.ph + h, win.pw:win.pw + w].transpose(1, 2, 3, 0, 4)  # (N, H, W, G, C/G)
+        return xp.ascontiguousarray(out).reshape(n, h, w, c).transpose(0, 3, 1, 2)
 
 
-def _per_group(xp, a, b, transpose_a=False, transpose_b=False):
-    """[a[g] @ b[g] for each group] with optional per-group transposes, as one (G, ., .) array."""
-    def operands(g):
-        return a[g].T if transpose_a else a[g], b[g].T if transpose_b else b[g]
-
-    if a.shape[0] == 1:
-        return xp.matmul(*operands(0))[None]
-    first = xp.matmul(*operands(0))
-    out = xp.empty((a.shape[0],) + first.shape, dtype=first.dtype)
-    out[0] = first
-    for g in range(1, a.shape[0]):
-        xp.matmul(*operands(g), out=out[g])
+def _per_group(xp, a, b, out, transpose_a=False, transpose_b=False):
+    """out[g] = a[g] @ b[g] (each optionally transposed) for every group; ``out`` (G, ., .) may be a strided view."""
+    for g in range(a.shape[0]):
+        xp.matmul(a[g].T if transpose_a else a[g], b[g].T if transpose_b else b[g], out=out[g])
     return out
 
 
 def _conv_forward(x, W, geo: ConvGeometry):
     xp = get_array_module(x, W)
     col = geo.columns(x)
-    y = _per_group(xp, col, geo.weight_matrix(W), transpose_b=True)  # (G, N*oh*ow, O/G)
+    y = geo.empty_output(W.shape[0], xp.result_type(x, W), xp)  # (N*oh*ow, G, O/G)
+    _per_group(xp, col, geo.weight_matrix(W), y.transpose(1, 0, 2), transpose_b=True)
     return geo.output(y), col
 
 
@@ -273,14 +284,19 @@ def _conv_grad_input(gy, W, geo: ConvGeometry):
         gx, col = _conv_forward(gy, W_t, ConvGeometry(gy.shape, back, g))
         scratch.release(col)
         return gx
-    gym = geo.gy_matrix(gy)
-    gcol = _per_group(xp, gym, geo.weight_matrix(W))  # (G, N*oh*ow, kh*kw*C/G)
-    return geo.fold(gcol)
+    wm = geo.weight_matrix(W)
+    gcol = scratch.empty((geo.groups, geo.rows, wm.shape[2]), xp.result_type(gy, W), xp)
+    _per_group(xp, geo.gy_matrix(gy), wm, gcol)  # (G, N*oh*ow, kh*kw*C/G)
+    gx = geo.fold(gcol)
+    scratch.release(gcol)
+    return gx
 
 
 def _conv_grad_weight(gy, geo: ConvGeometry, w_shape, col):
     xp = get_array_module(gy)
-    gWm = _per_group(xp, geo.gy_matrix(gy), col, transpose_a=True)  # (G, O/G, kh*kw*C/G)
+    g, o = geo.groups, w_shape[0]
+    gWm = xp.empty((g, o // g, col.shape[2]), dtype=xp.result_type(gy, col))
+    _per_group(xp, geo.gy_matrix(gy), col, gWm, transpose_a=True)  # (G, O/G, kh*kw*C/G)
     return xp.ascontiguousarray(geo.weight_from_matrix(gWm, w_shape))
 
 
@@ -384,21 +400,25 @@ def conv2d(x, W, b=None, stride=1, padding=0, dilation=1, groups: int = 1) -> Te
 
 
 # ------------------------------------------------------------------- pooling
-def _spatial_first(x, win: Window, oh: int, ow: int, value):
-    """(N, C, H, W) -> padded (Hp, Wp, N, C): every pooling tap is then a view with N*C-long contiguous runs."""
+def _padded_like(x, win: Window, oh: int, ow: int, value):
+    """Pad H and W with ``value`` so every window of the (oh, ow) grid fits, in x's storage order (x itself if none)."""
     xp = get_array_module(x)
     n, c, h, w = x.shape
-    out = xp.full(win.padded_hw(h, w, oh, ow) + (n, c), value, dtype=x.dtype)
-    out[win.ph:win.ph + h, win.pw:win.pw + w] = x.transpose(2, 3, 0, 1)
+    hp, wp = win.padded_hw(h, w, oh, ow)
+    if (hp, wp) == (h, w):
+        return x
+    out = empty_nchw(xp, (n, c, hp, wp), x.dtype, is_channels_last(x))
+    out[...] = value
+    out[:, :, win.ph:win.ph + h, win.pw:win.pw + w] = x
     return out
 
 
 class MaxPool2d(Function):
     """Max over windows as kh*kw elementwise maxima of strided views (no window copies).
 
-    Works in a spatial-first layout (H, W, N, C) so each view is a few long
-    contiguous runs, and remembers which offset won each window (the first
-    maximum, as PyTorch) for the backward.
+    Works in whatever storage order x has (channels-last storage makes each
+    view runs of C contiguous values) and remembers which offset won each
+    window (the first maximum, as PyTorch) for the backward.
     """
 
     def __init__(self, win: Window, ceil_mode: bool):
@@ -410,26 +430,26 @@ class MaxPool2d(Function):
         n, c, h, w = x.shape
         oh, ow = self.win.output_hw(h, w, self.ceil_mode)
         low = -numpy.inf if x.dtype.kind in "fV" else numpy.iinfo(x.dtype).min
-        padded = _spatial_first(x, self.win, oh, ow, low)
-        taps = [padded[tap] for _, tap in self.win.taps(oh, ow)]
-        best = taps[0].copy()
+        padded = _padded_like(x, self.win, oh, ow, low)
+        taps = [padded[:, :, rows, cols] for _, (rows, cols) in self.win.taps(oh, ow)]
+        self.channels_last = is_channels_last(x)
+        best = empty_nchw(xp, (n, c, oh, ow), x.dtype, self.channels_last)
+        best[...] = taps[0]
         for view in taps[1:]:
             xp.maximum(best, view, out=best)
-        # which offset won: the first one equal to the maximum (boolean arithmetic, no masked writes)
-        winner = xp.zeros(best.shape, dtype=numpy.int8 if len(taps) < 128 else numpy.int32)
-        taken = xp.zeros(best.shape, dtype=bool)
-        for k, view in enumerate(taps[1:], 1):
-            hit = view == best
-            hit &= ~taken
-            taken |= hit
-            winner += hit.astype(winner.dtype) * winner.dtype.type(k)
-        self.winner = winner  # (oh, ow, N, C)
-        self.padded_hw = padded.shape[:2]
+        # which offset won: the first one equal to the maximum, i.e. the number of leading taps that are not
+        behind = taps[0] != best
+        winner = behind.astype(numpy.int8 if len(taps) < 128 else numpy.int32)
+        for view in taps[1:-1]:
+            behind &= view != best
+            winner += behind
+        self.winner = winner  # (N, C, oh, ow)
+        self.padded_hw = padded.shape[2:]
         self.x_shape = x.shape
-        return xp.ascontiguousarray(best.transpose(2, 3, 0, 1))
+        return best
 
     def backward(self, gy):
-        return MaxPool2dGrad(self.win, self.winner, self.padded_hw, self.x_shape)(gy)
+        return MaxPool2dGrad(self.win, self.winner, self.padded_hw, self.x_shape, self.channels_last)(gy)
 
     def release(self):
         self.winner = None
@@ -438,47 +458,48 @@ class MaxPool2d(Function):
 class MaxPool2dGrad(Function):
     """Route each output gradient to the input element that won its window (adding where windows overlap)."""
 
-    def __init__(self, win: Window, winner, padded_hw, x_shape):
+    def __init__(self, win: Window, winner, padded_hw, x_shape, channels_last=False):
         self.win = win
         self.winner = winner
         self.padded_hw = padded_hw
         self.x_shape = x_shape
+        self.channels_last = channels_last
 
     def forward(self, gy):
         xp = get_array_module(gy)
         n, c, h, w = self.x_shape
         oh, ow = gy.shape[2:]
-        g = xp.ascontiguousarray(gy.transpose(2, 3, 0, 1))  # (oh, ow, N, C): read 9 times, so copy once
-        gx = xp.zeros(self.padded_hw + (n, c), dtype=gy.dtype)
-        for k, tap in self.win.taps(oh, ow):
-            gx[tap] += g * (self.winner == k)
-        gx = gx[self.win.ph:self.win.ph + h, self.win.pw:self.win.pw + w]
-        return xp.ascontiguousarray(gx.transpose(2, 3, 0, 1))
+        gx = empty_nchw(xp, (n, c) + tuple(self.padded_hw), gy.dtype, self.channels_last)
+        gx[...] = 0
+        for k, (rows, cols) in self.win.taps(oh, ow):
+            gx[:, :, rows, cols] += gy * (self.winner == k)
+        return gx[:, :, self.win.ph:self.win.ph + h, self.win.pw:self.win.pw + w]
 
     def backward(self, ggx):
-        return _MaxPool2dSelect(self.win, self.winner, self.padded_hw)(ggx)
+        return _MaxPool2dSelect(self.win, self.winner, self.padded_hw, self.channels_last)(ggx)
 
 
 class _MaxPool2dSelect(Function):
     """Pick, for every output, the element of ggx where the forward max was (double backward)."""
 
-    def __init__(self, win: Window, winner, padded_hw):
+    def __init__(self, win: Window, winner, padded_hw, channels_last=False):
         self.win = win
         self.winner = winner
         self.padded_hw = padded_hw
+        self.channels_last = channels_last
 
     def forward(self, x):
         xp = get_array_module(x)
-        oh, ow = self.winner.shape[:2]
-        padded = _spatial_first(x, self.win, oh, ow, 0)
+        oh, ow = self.winner.shape[2:]
+        padded = _padded_like(x, self.win, oh, ow, 0)
         self.x_shape = x.shape
         out = xp.zeros(self.winner.shape, dtype=x.dtype)
-        for k, tap in self.win.taps(oh, ow):
-            out += padded[tap] * (self.winner == k)
-        return xp.ascontiguousarray(out.transpose(2, 3, 0, 1))
+        for k, (rows, cols) in self.win.taps(oh, ow):
+            out += padded[:, :, rows, cols] * (self.winner == k)
+        return out
 
     def backward(self, gy):
-        return MaxPool2dGrad(self.win, self.winner, self.padded_hw, self.x_shape)(gy)
+        return MaxPool2dGrad(self.win, self.winner, self.padded_hw, self.x_shape, self.channels_last)(gy)
 
 
 def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode: bool = False) -> Tensor:

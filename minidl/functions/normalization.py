@@ -28,6 +28,25 @@ def _channel_band(channels: int, size: int, dtype, xp):
     return xp.asarray(band.astype(dtype))
 
 
+def _channel_mix(band, a):
+    """band @ a over axis 1 of a (N, C, ...): out[:, i] = sum_j band[i, j] * a[:, j].
+
+    One (N*H*W, C) @ (C, C) GEMM when channels are the innermost axis in
+    memory (the channels-last storage convolutions produce), else one small
+    GEMM per image.
+    """
+    xp = get_array_module(a)
+    n, c = a.shape[:2]
+    last = xp.moveaxis(a, 1, -1)  # (N, ..., C)
+    if last.flags.c_contiguous:
+        out = xp.matmul(last.reshape(-1, c), band.T).reshape(last.shape)
+        out = xp.moveaxis(out, -1, 1)  # same storage order as a
+    else:
+        out = xp.matmul(band, a.reshape(n, c, -1)).reshape(a.shape)
+    # (ml_dtypes' matmul returns float32 for bfloat16: cast back to keep the dtype)
+    return out.astype(a.dtype, copy=False)
+
+
 def _lrn_composite(x, band, scale, beta, k):
     """LRN written with differentiable ops: the reference the fused version must match."""
     n, c = x.shape[:2]
@@ -48,11 +67,8 @@ class LocalResponseNorm(Function):
 
     def forward(self, x):
         xp = get_array_module(x)
-        n, c = x.shape[:2]
-        self.band = _channel_band(c, self.size, x.dtype, xp)
-        # (ml_dtypes' matmul returns float32 for bfloat16: cast back to keep the dtype)
-        sums = xp.matmul(self.band, (x * x).reshape(n, c, -1)).reshape(x.shape).astype(x.dtype, copy=False)
-        sums *= x.dtype.type(self.scale)
+        self.band = _channel_band(x.shape[1], self.size, x.dtype, xp)
+        sums = _channel_mix(self.band * x.dtype.type(self.scale), x * x)  # scale * window sums
         sums += x.dtype.type(self.k)
         self.denominator = sums  # k + scale * window sum
         self.factor = sums ** x.dtype.type(-self.beta)
@@ -73,14 +89,11 @@ class LocalResponseNormGrad(Function):
         self.denominator, self.factor, self.band = lrn.denominator, lrn.factor, lrn.band
 
     def forward(self, x, gy):
-        xp = get_array_module(x, gy)
-        n, c = x.shape[:2]
         t = gy * x
         t *= self.factor
         t /= self.denominator
-        back = xp.matmul(self.band.T, t.reshape(n, c, -1)).reshape(x.shape).astype(x.dtype, copy=False)
+        back = _channel_mix(self.band.T * x.dtype.type(-2.0 * self.lrn.scale * self.lrn.beta), t)
         back *= x
-        back *= x.dtype.type(-2.0 * self.lrn.scale * self.lrn.beta)
         back += gy * self.factor
         return back
 

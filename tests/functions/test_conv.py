@@ -436,3 +436,34 @@ def test_col2im_is_the_adjoint_of_im2col(case, layout, data):
     folded = col2im(c, win, x.shape, layout=layout)
     assert folded.shape == x.shape
     np.testing.assert_allclose(np.vdot(col, c), np.vdot(x, folded), rtol=1e-10, atol=1e-10)
+
+
+# ------------------------------------------------------------ storage order
+def _channels_last_copy(a):
+    """The same (N, C, H, W) values stored (N, H, W, C)."""
+    return np.ascontiguousarray(a.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+
+
+@pytest.mark.parametrize("name", ["conv", "conv_groups", "conv_stride", "max_pool", "max_pool_padded", "lrn"])
+def test_channels_last_storage_gives_the_same_values(name, device, rng):
+    # convolutions return channels-last storage and the next ops keep it: values and gradients
+    # must not depend on the storage order of the input or of the incoming gradient
+    W = rng.standard_normal((6, 4, 3, 3))
+    ops = {
+        "conv": lambda x: F.conv2d(x, mdl.tensor(W, device=device), padding=1),
+        "conv_groups": lambda x: F.conv2d(x, mdl.tensor(W[:, :2], device=device), padding=1, groups=2),
+        "conv_stride": lambda x: F.conv2d(x, mdl.tensor(W, device=device), stride=2, padding=1),
+        "max_pool": lambda x: F.max_pool2d(x, 3, 2),
+        "max_pool_padded": lambda x: F.max_pool2d(x, 3, 2, padding=1, ceil_mode=True),
+        "lrn": lambda x: F.local_response_norm(x, 3),
+    }
+    x = spread_apart(rng.standard_normal((2, 4, 9, 9)))
+    results = []
+    for store in (np.ascontiguousarray, _channels_last_copy):
+        xt = mdl.tensor(store(x), device=device, requires_grad=True)
+        y = ops[name](xt)
+        gy = store(rng.standard_normal(y.shape)) if not results else results[0][2]
+        (gx,) = mdl.grad([y], [xt], [mdl.tensor(store(gy), device=device)])
+        results.append((y.numpy(), gx.numpy(), gy))
+    np.testing.assert_allclose(results[1][0], results[0][0], rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(results[1][1], results[0][1], rtol=1e-12, atol=1e-12)
