@@ -31,14 +31,15 @@ import numpy
 
 from .grad_mode import no_grad
 from .nn import Module
+from .parallel import PlacementError, make_strategy, parse_devices
 from .plugins import registry
 from .spec import ModelError, check_params, schema_of, where
 from .tensor import Tensor, tensor
-from .yaml_loader import LocatedDict, YamlError, load_yaml
+from .yaml_loader import LocatedDict, YamlError, load_yaml, plain
 
 __all__ = ["build_model", "load_spec", "Model", "LayerNode", "ModelError", "TOP_LEVEL_KEYS", "LAYER_KEYS"]
 
-TOP_LEVEL_KEYS = ("name", "input", "layers", "output", "train")
+TOP_LEVEL_KEYS = ("name", "input", "layers", "output", "devices", "strategy", "train")
 LAYER_KEYS = ("type", "name", "inputs")  # keys the builder itself reads; the rest go to the layer
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
 
@@ -73,6 +74,7 @@ class Model(Module):
         object.__setattr__(self, "output", output)
         object.__setattr__(self, "spec", spec)
         object.__setattr__(self, "source", source)
+        object.__setattr__(self, "placement", None)  # set by a device strategy (minidl.parallel)
         for node in nodes:
             setattr(self, node.name, node.module)
         previous = ["input"] + [n.name for n in nodes[:-1]]
@@ -91,6 +93,8 @@ class Model(Module):
         return {node.name: node.module for node in self.nodes}
 
     def forward(self, x):
+        if self.placement is not None:  # split over devices by a strategy
+            return self.placement.forward(self, x)
         if self.sequential:
             for node in self.nodes:
                 x = node.module(x)
@@ -216,8 +220,13 @@ def _infer_shape(node, source, mark, describe_inputs, dtype):
                          layer_index=node.index, layer_name=node.name) from None
 
 
-def build_model(path_or_mapping, device=None, dtype="float32") -> Model:
+def build_model(path_or_mapping, device=None, dtype="float32", devices=None, strategy=None) -> Model:
     """Build a :class:`Model` from a YAML file path or a mapping with the same structure.
+
+    ``devices`` and ``strategy`` (the file's ``devices:`` and ``strategy:``
+    unless given here) split the model over devices with a registered
+    device strategy (see :mod:`minidl.parallel`); ``device`` alone moves the
+    whole model to one device.
 
     Raises :class:`minidl.ModelError` (a ValueError) naming file:line:column,
     the layer's index and name, and a hint, for anything wrong in the spec.
@@ -240,6 +249,7 @@ def build_model(path_or_mapping, device=None, dtype="float32") -> Model:
     _require(isinstance(layers, list) and layers, "'layers' must be a non-empty list of layers", source, spec,
              "layers" if "layers" in spec else None)
 
+    strategy = _strategy(spec, source, device, devices, strategy)  # device errors before anything is built
     layers_registry = registry("layers")
     nodes, taken = [], {}
     shapes = {"input": input_shape}
@@ -288,6 +298,40 @@ def build_model(path_or_mapping, device=None, dtype="float32") -> Model:
 
         validate_train_spec(spec["train"], source, where(spec, "train"))
     model = Model(name, input_shape, nodes, output, spec, source)
-    if device is not None:
+    if strategy is not None:
+        try:
+            strategy.place(model)
+        except PlacementError as e:
+            raise ModelError(str(e), source, where(spec, "strategy") or where(spec, "devices")) from None
+    elif device is not None:
         model.to(device)
     return model
+
+
+def _strategy(spec, source, device, devices, strategy):
+    """The device strategy asked for by the arguments or the file (None: no split asked for)."""
+    from_file = {"devices": devices is None and device is None and "devices" in spec,
+                 "strategy": strategy is None and "strategy" in spec}
+    if devices is None and device is not None:
+        devices = [str(device)]  # an explicit device overrides the file's devices
+    devices = devices if devices is not None else spec.get("devices")
+    strategy = strategy if strategy is not None else spec.get("strategy")
+    if devices is None and strategy is None:
+        return None
+    if devices is None:
+        devices = [device or "cpu"]
+    ok = isinstance(devices, str) or isinstance(devices, list) and devices and all(isinstance(d, str) for d in devices)
+    _require(ok, f"'devices' must be a list of device names (e.g. [cpu:0, cpu:1]), got {devices!r}", source, spec,
+             "devices")
+
+    def located(error, key):
+        return ModelError(str(error), source, where(spec, key)) if from_file[key] else error
+
+    try:
+        devices = parse_devices(devices)
+    except PlacementError as e:
+        raise located(e, "devices") from None
+    try:
+        return make_strategy(plain(strategy) if strategy is not None else "single", devices)
+    except PlacementError as e:
+        raise located(e, "strategy") from None

@@ -37,26 +37,38 @@ def _cmd_summary(args) -> int:
     from .builder import build_model
     from .summary import format_table, summarize
 
-    model = build_model(args.model)
+    model = build_model(args.model, devices=args.devices, strategy=args.strategy)
     summary = summarize(model, batch=args.batch)
     print(json.dumps(summary, indent=2) if args.json else format_table(summary))
     return 0
 
 
 def _cmd_train(args) -> int:
+    from .parallel.mpi import world as mpi_world
     from .training.plots import filter_grid, plot_curves
     from .training.recipe import prepare
     from .training.trainer import NonFiniteError
 
+    world = mpi_world()
+
     trainer = prepare(args.model, data=args.data, epochs=args.epochs, steps=args.steps, batch_size=args.batch_size,
                       lr=args.lr, device=args.device, out=args.out, seed=args.seed, preset=args.preset,
                       workers=args.workers, checkpoint_every=args.checkpoint_every, keep=args.keep,
-                      progress=not args.no_progress, ten_crop=args.ten_crop)
+                      progress=not args.no_progress, ten_crop=args.ten_crop, devices=args.devices,
+                      strategy=args.strategy, world=world)
+    if world is not None and world.is_root:
+        batch = trainer.train_loader.batch_size
+        lr = trainer.optimizer.defaults["lr"]
+        print(f"data parallel over {world.size} MPI processes: global batch {batch} "
+              f"({batch // world.size}{'+' if batch % world.size else ''} per process), lr {lr:g} "
+              "(not scaled: each update uses the global batch's mean gradient)")
     try:
         trainer.fit(resume=args.resume)
     except NonFiniteError as e:
         print(f"minidl train: stopped: {e}", file=sys.stderr)
         return 3
+    if world is not None and not world.is_root:
+        return 0  # rank 0 writes the plots
     out = Path(args.out)
     made = [out / "metrics.jsonl", out / "metrics.csv"]
     if (out / "metrics.jsonl").exists():
@@ -140,6 +152,13 @@ def _cmd_predict(args) -> int:
     return 0
 
 
+def _device_split_options(parser) -> None:
+    parser.add_argument("--devices", help="devices to split the model over, e.g. cpu:0,cpu:1 or cuda:0,cuda:1 "
+                                          "(default: the model file's devices:)")
+    parser.add_argument("--strategy", help="device strategy: single, columns, data_parallel, hybrid, or a plugin's "
+                                           "(default: the model file's strategy:)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -154,6 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="model YAML file")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--batch", type=int, default=1, help="batch size for shapes and activation memory")
+    _device_split_options(p)
     p.set_defaults(run=_cmd_summary)
 
     p = sub.add_parser("train", help="train a model file on a dataset (checkpoints, metrics, plots)")
@@ -164,6 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
     p.add_argument("--device", default="cpu", help="cpu or cuda:N")
+    _device_split_options(p)
     p.add_argument("--out", default="runs/latest", help="output directory (default: runs/latest)")
     p.add_argument("--resume", action="store_true", help="continue from the newest valid checkpoint in --out")
     p.add_argument("--seed", type=int)
@@ -206,7 +227,29 @@ def main(argv=None) -> int:
     except (ValueError, FileNotFoundError, KeyError) as e:  # ModelError, CheckpointError, missing data...
         message = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"minidl {args.command}: error: {message}", file=sys.stderr)
+        _abort_other_ranks(2)
         return 2
+    except BaseException:
+        _abort_other_ranks(1)
+        raise
+
+
+def _abort_other_ranks(code: int) -> None:
+    """Under MPI, an error on this rank ends the whole job instead of leaving the others waiting."""
+    from .parallel.mpi import launched_ranks, world
+
+    if launched_ranks() > 1:
+        import traceback
+
+        try:
+            current = world()
+        except RuntimeError:  # mpi4py missing: nothing to abort through
+            return
+        sys.stderr.write(f"minidl: rank {current.rank} of {current.size} failed; aborting every rank\n")
+        if sys.exc_info()[0] not in (None, ValueError, FileNotFoundError, KeyError):
+            traceback.print_exc()
+        sys.stderr.flush()
+        current.abort(code)
 
 
 if __name__ == "__main__":

@@ -42,6 +42,8 @@ class Function:
     outputs = None  # tuple of weak references to the output Tensors
     output_meta = None  # [(shape, dtype, device)] for multi-output ops
     output_device = None  # set by ops whose outputs live elsewhere than their inputs
+    mixed_devices = False  # True for ops whose operands may live on several devices (device-split layers)
+    output_devices = None  # with mixed_devices: the device of each output
 
     def __call__(self, *inputs):
         device = None
@@ -55,7 +57,7 @@ class Function:
         tensors = []
         for x in inputs:
             if isinstance(x, Tensor):
-                if x.device is not device and x.device != device:
+                if x.device is not device and x.device != device and not self.mixed_devices:
                     raise backend.DeviceError(
                         f"{self.name}: operands are on different devices ({device} and {x.device}); "
                         "move one with .to(device) first"
@@ -74,8 +76,8 @@ class Function:
             raise op_error(self.name, e, arrays) from None
         if not isinstance(ys, tuple):
             ys = (ys,)
-        out_device = self.output_device or device
-        outputs = [_wrap(y if not isinstance(y, numpy.generic) else numpy.asarray(y), out_device) for y in ys]
+        out_devices = self.output_devices or [self.output_device or device] * len(ys)
+        outputs = [_wrap(y if not isinstance(y, numpy.generic) else numpy.asarray(y), d) for y, d in zip(ys, out_devices)]
         record = False
         if _mode.enabled and _is_float_dtype(outputs[0].data.dtype):
             for x in tensors:

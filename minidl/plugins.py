@@ -37,6 +37,7 @@ BUILTIN_PLUGINS = (
     "minidl_optim",
     "minidl_schedulers",
     "minidl_data",
+    "minidl_strategies",
 )
 
 
@@ -136,7 +137,8 @@ class Registry:
         known = self.names()
         close = difflib.get_close_matches(str(name), known, n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
-        return f"unknown {self.kind[:-1]} type {name!r}.{hint} Known: {', '.join(known)}"
+        singular = self.kind[:-3] + "y" if self.kind.endswith("ies") else self.kind[:-1]
+        return f"unknown {singular.replace('_', ' ')} type {name!r}.{hint} Known: {', '.join(known)}"
 
     def names(self) -> list:
         return sorted(self.entries)

@@ -7,11 +7,38 @@ CuPy generator of that device is used.
 """
 from __future__ import annotations
 
+import contextlib
+import threading
+
 import numpy
 
 from .backend import as_device
 
-__all__ = ["manual_seed", "generator", "uniform", "normal", "get_state", "set_state"]
+__all__ = ["manual_seed", "generator", "uniform", "normal", "get_state", "set_state", "batch_shard"]
+
+
+class _Shard(threading.local):
+    rows = None  # (lo, hi, total) inside batch_shard()
+
+
+_shard = _Shard()
+
+
+@contextlib.contextmanager
+def batch_shard(lo: int, hi: int, total: int):
+    """Draw per-sample random numbers as if for the whole batch of ``total`` rows, keeping rows ``lo:hi``.
+
+    Data-parallel processes each run rows ``lo:hi`` of a global batch; inside
+    this block a draw whose first axis is ``hi - lo`` long (a dropout mask)
+    is made for all ``total`` rows and sliced, so every process uses exactly
+    the mask a single process would, and all generators stay in step.
+    """
+    previous = _shard.rows
+    _shard.rows = (int(lo), int(hi), int(total))
+    try:
+        yield
+    finally:
+        _shard.rows = previous
 
 _seed = 0
 _cpu = numpy.random.default_rng(_seed)
@@ -45,6 +72,9 @@ def generator(device=None):
 def uniform(shape, dtype, device=None):
     """Uniform samples in [0, 1) as an array on ``device``."""
     device = as_device(device)
+    rows = _shard.rows
+    if rows is not None and len(shape) and shape[0] == rows[1] - rows[0] != rows[2]:
+        return uniform((rows[2],) + tuple(shape[1:]), dtype, device)[rows[0]:rows[1]]
     gen = generator(device)
     dtype = numpy.dtype(dtype)
     if dtype.kind == "f" and dtype.itemsize >= 4:

@@ -22,11 +22,15 @@ def summarize(model, batch: int = 1, dtype="float32") -> dict:
     ``macs`` are per image (convolutions and fully connected layers; a layer
     plugin reports its own through a ``macs(input_shape)`` method).
     Activation memory is the layer's output for ``batch`` images of ``dtype``.
+    For a model split over devices (``model.placement``), ``"placement"``
+    adds, per device, the parameters it holds and the activations it
+    produces, and the bytes that cross devices in one training step.
     """
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise ValueError(f"batch must be a positive integer, got {batch!r}")
     itemsize = numpy.dtype(dtype).itemsize
     default_device = _layer_device(model, "cpu:0")
+    placement = getattr(model, "placement", None)
     layers = []
     for node in model.nodes:
         macs = int(node.module.macs(*node.input_shapes)) if hasattr(node.module, "macs") else 0
@@ -38,7 +42,9 @@ def summarize(model, batch: int = 1, dtype="float32") -> dict:
             "output_shape": [batch] + list(node.output_shape),
             "params": _layer_params(node.module),
             "macs": macs,
-            "device": _layer_device(node.module, default_device),
+            "device": _layer_device(node.module, default_device) if placement is None else
+            (f"{','.join(map(str, placement.devices))} ({placement.modes[node.name]})"
+             if placement.modes[node.name] != "home" else str(placement.home)),
             "activation_bytes": int(numpy.prod(node.output_shape)) * batch * itemsize,
         })
     return {
@@ -49,6 +55,31 @@ def summarize(model, batch: int = 1, dtype="float32") -> dict:
         "activation_bytes": sum(layer["activation_bytes"] for layer in layers),
         "batch": batch,
         "layers": layers,
+        **({"placement": _placement_summary(model, placement, batch)} if placement is not None else {}),
+    }
+
+
+def _placement_summary(model, placement, batch) -> dict:
+    """Per device: parameters held and activations made; bytes crossing devices per training step."""
+    ledger = placement.measure(model, batch)
+    itemsize = next(iter(model.parameters())).data.itemsize if model.num_parameters() else 4
+    devices = [{
+        "device": str(d),
+        "params": ledger.param_bytes.get(d, 0) // itemsize,
+        "param_bytes": ledger.param_bytes.get(d, 0),
+        "activation_bytes": ledger.activation_bytes.get(d, 0),
+    } for d in placement.devices]
+    activations = sum(ledger.sent_bytes.values()) + sum(ledger.returned_bytes.values())
+    replicas = sum(ledger.replica_bytes.values())
+    return {
+        "strategy": placement.strategy,
+        "devices": devices,
+        # forward sends activations, backward sends their gradients back (not for the input); a
+        # data-parallel replica receives the parameters and sends their gradients once per step
+        "transfer_bytes_per_step": activations + 2 * replicas,
+        "activation_transfer_bytes_per_step": activations,
+        "parameter_sync_bytes_per_step": 2 * replicas,
+        "transfers": [{"from": str(a), "to": str(b), "forward_bytes": n} for (a, b), n in ledger.sent_bytes.items()],
     }
 
 
@@ -75,4 +106,13 @@ def format_table(summary: dict) -> str:
     out += [line(r) for r in rows]
     out.append(f"total: {summary['params']:,} parameters, {summary['macs']:,} MACs per image, "
                f"{_bytes(summary['activation_bytes'])} of activations for batch {summary['batch']}")
+    placement = summary.get("placement")
+    if placement:
+        out.append(f"strategy {placement['strategy']}:")
+        for d in placement["devices"]:
+            out.append(f"  {d['device']}: {d['params']:,} parameters ({_bytes(d['param_bytes'])}), "
+                       f"{_bytes(d['activation_bytes'])} of activations")
+        out.append(f"  crossing devices per training step: {_bytes(placement['transfer_bytes_per_step'])} "
+                   f"({_bytes(placement['activation_transfer_bytes_per_step'])} of activations and their gradients, "
+                   f"{_bytes(placement['parameter_sync_bytes_per_step'])} of replica parameters and gradients)")
     return "\n".join(out)

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy
 
 from .. import random
-from ..backend import as_device
+from ..backend import as_device, cuda_device_count
 from ..builder import build_model
 from ..data import DataLoader
 from ..data.transforms import CenterCrop, Compose, MeanImage, Normalize, RandomCrop, TenCrop, to_float
@@ -117,9 +117,17 @@ def _channel_stats(dataset) -> tuple:
 
 def prepare(model_path, data=None, epochs=None, steps=None, batch_size=None, lr=None, device="cpu", out=None,
             seed=None, preset=None, workers=None, checkpoint_every=None, keep=None, progress=True,
-            ten_crop=False) -> Trainer:
-    """Build the model, data, optimizer and scheduler for ``minidl train`` and return the Trainer."""
-    model = build_model(model_path)
+            ten_crop=False, devices=None, strategy=None, world=None) -> Trainer:
+    """Build the model, data, optimizer and scheduler for ``minidl train`` and return the Trainer.
+
+    ``devices``/``strategy`` (default: the model file's) split the model over
+    devices; batches are then loaded onto the first of them. With an MPI
+    ``world``, training is data-parallel over its processes (each on GPU
+    ``local_rank`` when ``device`` is a CUDA device).
+    """
+    if world is not None and str(device).startswith("cuda") and devices is None:
+        device = f"cuda:{world.local_rank % cuda_device_count()}"
+    model = build_model(model_path, device=device if devices is None else None, devices=devices, strategy=strategy)
     train = plain(model.spec.get("train", {}))  # plain dicts: a copy that drops the YAML locations
     preset = preset or train.get("preset")
     if preset is not None:
@@ -133,7 +141,7 @@ def prepare(model_path, data=None, epochs=None, steps=None, batch_size=None, lr=
         apply_paper_init(model)
     seed = seed if seed is not None else train.get("seed", 0)
     random.manual_seed(seed)
-    device = as_device(device)
+    device = model.placement.home if model.placement is not None else as_device(device)
     model.to(device)
 
     data = data or train.get("data")
@@ -190,4 +198,4 @@ def prepare(model_path, data=None, epochs=None, steps=None, batch_size=None, lr=
     return Trainer(model, optimizer, train_loader, val_loader, scheduler, epochs=epochs, steps=steps, out_dir=out,
                    checkpoint_every=checkpoint_every, keep=keep or train.get("keep_checkpoints", 3), meta=meta,
                    transform_state=pipeline.state_dict(), progress=progress, eval_crops=crops,
-                   scheduler_interval=interval)
+                   scheduler_interval=interval, world=world)

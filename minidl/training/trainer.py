@@ -13,6 +13,7 @@ newest valid checkpoint in ``out_dir``, bit for bit on the CPU.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
@@ -28,7 +29,7 @@ from ..backend import CPU, transfer
 from ..functions import cross_entropy
 from ..grad_mode import no_grad
 from ..tensor import Tensor
-from .checkpoint import latest_valid_checkpoint, list_checkpoints, save_checkpoint
+from .checkpoint import latest_valid_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
 
 __all__ = ["Trainer", "NonFiniteError", "evaluate", "topk_correct"]
 
@@ -50,19 +51,26 @@ def topk_correct(logits, labels, ks=(1, 5)) -> dict:
 
 
 @no_grad()
-def evaluate(model, loader, crops: int = 1) -> dict:
+def evaluate(model, loader, crops: int = 1, world=None) -> dict:
     """Loss, top-1 and top-5 accuracy of ``model`` (in eval mode) over ``loader``.
 
     With ``crops`` > 1 (ten-crop evaluation), each image's ``crops`` rows of
-    logits are averaged as softmax probabilities, as in the paper.
+    logits are averaged as softmax probabilities, as in the paper. With an
+    MPI ``world`` each process evaluates its share of every batch and the
+    totals are summed.
     """
     was_training = model.training
     model.eval()
     total, loss_sum, correct = 0, 0.0, {1: 0, 5: 0}
     try:
         for batch in loader.epoch(0):
-            logits = model(batch.inputs)
-            labels = batch.labels
+            inputs, labels = batch.inputs, batch.labels
+            if world is not None:
+                lo, hi = world.share(len(labels))
+                inputs, labels = inputs[lo * crops:hi * crops], labels[lo:hi]
+                if hi <= lo:
+                    continue
+            logits = model(inputs)
             if crops > 1:
                 probs = logits.softmax(axis=1).numpy().reshape(len(labels), crops, -1).mean(axis=1)
                 loss_sum += float(-numpy.log(probs[numpy.arange(len(labels)), labels] + 1e-12).sum())
@@ -75,6 +83,8 @@ def evaluate(model, loader, crops: int = 1) -> dict:
                 correct[k] += hits[k]
     finally:
         model.train(was_training)
+    if world is not None:
+        loss_sum, correct[1], correct[5], total = world.sum([loss_sum, correct[1], correct[5], total])
     return {"loss": loss_sum / max(total, 1), "top1": correct[1] / max(total, 1), "top5": correct[5] / max(total, 1),
             "count": total}
 
@@ -95,12 +105,15 @@ class Trainer:
         progress: show a tqdm progress bar.
         check_every: read the loss back from the device every this many steps
             (1 on the CPU; larger on a GPU to avoid stalling it).
+        world: an MPI world (:func:`minidl.parallel.mpi.world`): train data-parallel
+            over its processes (see :mod:`minidl.parallel.mpi`); rank 0 alone writes.
     """
 
     def __init__(self, model, optimizer, train_loader, val_loader=None, scheduler=None, epochs: int | None = None,
                  steps: int | None = None, out_dir=None, checkpoint_every: int | None = None, keep: int = 3,
                  meta: dict | None = None, transform_state: dict | None = None, progress: bool = True,
-                 check_every: int | None = None, eval_crops: int = 1, scheduler_interval: str = "epoch"):
+                 check_every: int | None = None, eval_crops: int = 1, scheduler_interval: str = "epoch",
+                 world=None):
         if epochs is None and steps is None:
             raise ValueError("Trainer: give epochs or steps")
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
@@ -110,7 +123,9 @@ class Trainer:
         self.checkpoint_every, self.keep = checkpoint_every, keep
         self.meta = dict(meta or {})
         self.transform_state = transform_state or {}
-        self.progress = progress
+        self.world = world
+        self.writes = world is None or world.is_root  # only rank 0 writes files and prints
+        self.progress = progress and self.writes
         device = train_loader.device
         self.check_every = check_every or (1 if device.type == "cpu" else 50)
         self.eval_crops = eval_crops
@@ -124,6 +139,7 @@ class Trainer:
         self.best = None
         self.history = []
         self._stop_requested = False
+        self.optimizer_parameters = [p for group in optimizer.param_groups for p in group["params"]]
 
     # ------------------------------------------------------------------ state
     def _meta(self) -> dict:
@@ -136,7 +152,7 @@ class Trainer:
 
     def save(self) -> Path | None:
         """Checkpoint now (refusing if any parameter is not finite)."""
-        if self.out_dir is None:
+        if self.out_dir is None or not self.writes:
             return None
         for name, p in self.model.named_parameters():
             if not numpy.isfinite(transfer(p.data, CPU)).all():
@@ -162,23 +178,39 @@ class Trainer:
         """Train; returns the per-epoch metrics history."""
         if self.out_dir is not None:
             if resume:
-                checkpoint = latest_valid_checkpoint(self.out_dir / "checkpoints")
+                checkpoint = self._checkpoint_to_resume()
                 if checkpoint is not None:
                     self.restore(checkpoint)
-                    print(f"resumed from {checkpoint['path']} (epoch {self.epoch}, step {self.step})")
+                    self._say(f"resumed from {checkpoint['path']} (epoch {self.epoch}, step {self.step})")
             elif list_checkpoints(self.out_dir / "checkpoints"):
                 raise ValueError(f"{self.out_dir} already has checkpoints: resume them (--resume) or choose another "
                                  "output directory; a new run would overwrite them")
-        if self.out_dir is not None:
+        if self.out_dir is not None and self.writes:
             self.out_dir.mkdir(parents=True, exist_ok=True)
+        if self.world is not None:
+            self.world.broadcast_parameters(self.model)
         with _StopOnInterrupt(self):
             while not self._done():
                 self._train_epoch()
                 if self._stop_requested:
                     self.save()
-                    print(f"interrupted: checkpoint written at step {self.step}")
+                    self._say(f"interrupted: checkpoint written at step {self.step}")
                     break
         return self.history
+
+    def _checkpoint_to_resume(self):
+        """The newest valid checkpoint; under MPI the one rank 0 picked, read by every rank."""
+        if self.world is None:
+            return latest_valid_checkpoint(self.out_dir / "checkpoints")
+        checkpoint = latest_valid_checkpoint(self.out_dir / "checkpoints") if self.world.is_root else None
+        path = self.world.broadcast_json(str(checkpoint["path"]) if checkpoint is not None else None)
+        if checkpoint is None and path is not None:
+            checkpoint = load_checkpoint(path)
+        return checkpoint
+
+    def _say(self, text: str) -> None:
+        if self.writes:
+            print(text)
 
     def _done(self) -> bool:
         if self.max_steps is not None and self.step >= self.max_steps:
@@ -195,18 +227,31 @@ class Trainer:
         pending = []  # (loss tensor, logits, labels) not yet read back from the device
         started = time.perf_counter()
         for batch in loader.epoch(self.epoch, start=self.position):
-            logits = model(batch.inputs)
-            loss = cross_entropy(logits, batch.labels)
-            if self.check_every == 1 and not math.isfinite(loss.item()):  # before the update touches weights
-                raise NonFiniteError(self._diagnose(batch, loss.item(), self.step + 1))
+            inputs, labels = batch.inputs, batch.labels
+            share = contextlib.nullcontext()
+            if self.world is not None:  # this process's rows of the global batch
+                lo, hi = self.world.share(len(labels))
+                inputs, labels = inputs[lo:hi], labels[lo:hi]
+                share = random.batch_shard(lo, hi, len(batch.labels))
+            with share:
+                logits = model(inputs)
+            loss = cross_entropy(logits, labels)
+            if self.world is None and self.check_every == 1 and not math.isfinite(loss.item()):
+                raise NonFiniteError(self._diagnose(batch, loss.item(), self.step + 1))  # before the update
             self.optimizer.zero_grad()
             loss.backward()
+            if self.world is not None:
+                global_loss, stop = self.world.allreduce_step(
+                    self.optimizer_parameters, len(labels) / len(batch.labels), loss.item(), self._stop_requested)
+                if not math.isfinite(global_loss):  # every rank sees the same value and stops here
+                    raise NonFiniteError(self._diagnose(batch, global_loss, self.step + 1))
+                self._stop_requested = stop
             self.optimizer.step()
             if self.step_scheduler_each_step:
                 self.scheduler.step()
             self.step += 1
             self.position = batch.index + 1
-            pending.append((loss, logits, batch.labels))
+            pending.append((loss, logits, labels))
             if len(pending) >= self.check_every or self.position == batches:
                 for p_loss, p_logits, p_labels in pending:
                     value = float(p_loss.item())
@@ -226,6 +271,8 @@ class Trainer:
                 break
         bar.close()
         seconds = time.perf_counter() - started
+        if self.world is not None:
+            loss_sum, correct, seen = self.world.sum([loss_sum, correct, seen])
         if self.position < batches:  # stopped mid-epoch (steps reached or interrupted)
             if not self._stop_requested:
                 self.save()
@@ -237,7 +284,7 @@ class Trainer:
                "train_loss": train_loss, "train_top1": train_top1, "images_per_s": images_per_s,
                "seconds": seconds}
         if self.val_loader is not None:
-            result = evaluate(self.model, self.val_loader, crops=self.eval_crops)
+            result = evaluate(self.model, self.val_loader, crops=self.eval_crops, world=self.world)
             row.update(val_loss=result["loss"], val_top1=result["top1"], val_top5=result["top5"])
             if self.best is None or result["top1"] > self.best:
                 self.best = result["top1"]
@@ -249,8 +296,8 @@ class Trainer:
         self.history.append(row)
         self.epoch += 1
         self.position = 0
-        print(_format_row(row))
-        if self.out_dir is not None:
+        self._say(_format_row(row))
+        if self.out_dir is not None and self.writes:
             _append_metrics(self.out_dir, row)
             self.save()
 

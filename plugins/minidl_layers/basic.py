@@ -50,6 +50,16 @@ class Linear(mdl.nn.Module):
     def macs(self, input_shape) -> int:
         return input_shape[0] * self.out_features
 
+    def output_slice(self, lo: int, hi: int):
+        """For device strategies: output features [lo, hi) from every input feature."""
+        rows = slice(lo, hi)
+
+        def share(inputs, params):
+            return F.linear(inputs[0], params[0], params[1] if self.use_bias else None)
+
+        params = [(self.weight, rows)] + ([(self.bias, rows)] if self.use_bias else [])
+        return 0, self.in_features, share, params
+
     def forward(self, x):
         if self.weight is None:
             self.build(x.shape[1:], x.device, x.dtype)
@@ -59,8 +69,15 @@ class Linear(mdl.nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.use_bias}"
 
 
+def same_channels(self, lo, hi, input_shape):
+    """For device strategies: a layer that treats channels independently keeps a channel range as is."""
+    return lo, hi
+
+
 class ReLU(mdl.nn.Module):
     """max(x, 0)."""
+
+    channel_map = same_channels
 
     def output_shape(self, input_shape):
         return tuple(input_shape)
@@ -71,6 +88,9 @@ class ReLU(mdl.nn.Module):
 
 class Dropout(mdl.nn.Module):
     """Inverted dropout with probability ``p`` (AlexNet: 0.5 after fc6 and fc7); identity in eval mode."""
+
+    channel_map = same_channels
+    stochastic = True  # device strategies draw its masks in device order, reproducibly
 
     def __init__(self, p: float = 0.5):
         super().__init__()
@@ -106,6 +126,15 @@ class Flatten(mdl.nn.Module):
         for n in input_shape[self.start_dim - 1:]:
             rest *= n
         return keep + (rest,)
+
+    def channel_map(self, lo, hi, input_shape):
+        """For device strategies: channels [lo, hi) of (C, H, W) are features [lo*H*W, hi*H*W)."""
+        if self.start_dim != 1:
+            raise ValueError("flatten: only start_dim=1 maps channels to features")
+        per_channel = 1
+        for n in input_shape[1:]:
+            per_channel *= n
+        return lo * per_channel, hi * per_channel
 
     def forward(self, x):
         return F.flatten(x, self.start_dim)

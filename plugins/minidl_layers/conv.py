@@ -67,6 +67,31 @@ class Conv2d(mdl.nn.Module):
         out_c, oh, ow = self.output_shape(input_shape)
         return out_c * oh * ow * (input_shape[0] // self.groups) * self.window.kh * self.window.kw
 
+    def output_slice(self, lo: int, hi: int):
+        """For device strategies: output channels [lo, hi) on their own (see minidl.parallel.placement).
+
+        With groups, the cut must fall between groups: each share is then a
+        grouped convolution of its own groups' input channels.
+        """
+        out_per_group = self.out_channels // self.groups
+        if self.groups > 1 and (lo % out_per_group or hi % out_per_group):
+            raise ValueError(f"output channels {lo}..{hi} cut through a group (groups={self.groups} of "
+                             f"{out_per_group} channels); use a device count that divides {self.groups}")
+        if self.groups == 1:
+            in_lo, in_hi, groups = 0, self.in_channels, 1
+        else:
+            in_per_group = self.in_channels // self.groups
+            in_lo, in_hi, groups = lo // out_per_group * in_per_group, hi // out_per_group * in_per_group, \
+                (hi - lo) // out_per_group
+        w, rows = self.window, slice(lo, hi)
+
+        def share(inputs, params):
+            return F.conv2d(inputs[0], params[0], params[1] if self.use_bias else None, stride=(w.sy, w.sx),
+                            padding=(w.ph, w.pw), dilation=(w.dy, w.dx), groups=groups)
+
+        params = [(self.weight, rows)] + ([(self.bias, rows)] if self.use_bias else [])
+        return in_lo, in_hi, share, params
+
     def forward(self, x):
         if self.weight is None:
             self.build(x.shape[1:], x.device, x.dtype)

@@ -29,6 +29,10 @@ class LRN(mdl.nn.Module):
     def output_shape(self, input_shape) -> tuple:
         return tuple(input_shape)
 
+    def channel_halo(self):
+        """For device strategies: output channel c reads input channels c - size//2 .. c + (size-1)//2."""
+        return self.size // 2, (self.size - 1) // 2
+
     def forward(self, x):
         return F.local_response_norm(x, self.size, self.alpha, self.beta, self.k, self.convention)
 

@@ -5,12 +5,16 @@ import minidl as mdl
 import minidl.functions as F
 from minidl.functions.conv import Window
 
+from .basic import same_channels
+
 
 class MaxPool2d(mdl.nn.Module):
     """Max over windows; AlexNet's overlapping pooling is ``kernel_size: 3, stride: 2``.
 
     ``stride`` defaults to ``kernel_size`` (non-overlapping).
     """
+
+    channel_map = same_channels
 
     def __init__(self, kernel_size: int | tuple, stride: int | tuple | None = None, padding: int | tuple = 0,
                  dilation: int | tuple = 1, ceil_mode: bool = False):
@@ -51,6 +55,8 @@ class AvgPool2d(MaxPool2d):
 
 class AdaptiveAvgPool2d(mdl.nn.Module):
     """Average-pool to a fixed ``output_size`` (torchvision's AlexNet uses 6)."""
+
+    channel_map = same_channels
 
     def __init__(self, output_size: int | tuple):
         super().__init__()
