@@ -40,7 +40,8 @@ from .yaml_loader import LocatedDict, YamlError, load_yaml, plain
 __all__ = ["build_model", "load_spec", "Model", "LayerNode", "ModelError", "TOP_LEVEL_KEYS", "LAYER_KEYS"]
 
 TOP_LEVEL_KEYS = ("name", "input", "layers", "output", "devices", "strategy", "train")
-LAYER_KEYS = ("type", "name", "inputs")  # keys the builder itself reads; the rest go to the layer
+LAYER_KEYS = ("type", "name", "inputs", "split")  # keys the builder itself reads; the rest go to the layer
+SPLIT_MODES = ("data", "model", "home")  # a layer's `split:` annotation overrides its strategy's choice
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
 
 
@@ -56,6 +57,7 @@ class LayerNode:
     params: dict = field(default_factory=dict)
     input_shapes: list = field(default_factory=list)
     output_shape: tuple = ()
+    split: str | None = None  # the layer's `split:` annotation (data, model or home), if any
 
 
 class Model(Module):
@@ -271,6 +273,10 @@ def build_model(path_or_mapping, device=None, dtype="float32", devices=None, str
             raise ModelError(f"{type_name} takes one input, got {len(inputs)} ({', '.join(inputs)})", source,
                              where(layer, "inputs"), layer_index=index, layer_name=node_name)
         node = LayerNode(index, node_name, type_name, module, inputs, kwargs, [shapes[i] for i in inputs])
+        node.split = layer.get("split")
+        _require(node.split is None or node.split in SPLIT_MODES,
+                 f"split must be one of {', '.join(SPLIT_MODES)} (how a device strategy runs this layer), "
+                 f"got {node.split!r}", source, layer, "split", layer_index=index, layer_name=node_name)
 
         def describe(node=node):
             parts = []

@@ -92,9 +92,15 @@ def minidl_register_device_strategies(register):
     """Register device-split strategies (YAML ``strategy:``, CLI ``--strategy``).
 
     :param register: ``register(name, factory)``; ``factory(devices, **options)``
-        returns a strategy object that places a model on ``devices``.
+        returns a :class:`minidl.parallel.Strategy` over ``devices`` (a list of
+        :class:`minidl.Device`). A strategy's ``layer_modes(model)`` gives each
+        layer ``"data"`` (split the batch), ``"model"`` (split the channels, as
+        the layer declares) or ``"home"`` (the first device); its ``place(model)``
+        splits the model accordingly. YAML options other than ``type`` are
+        passed as keyword arguments.
 
-    Called once per plugin when the strategy registry is first built.
+    Called once per plugin when the strategy registry is first built; the
+    strategy is made once per model, never per step.
     """
 
 

@@ -103,9 +103,15 @@ class Strategy:
         raise NotImplementedError
 
     def place(self, model, blas_threads: int | None = None):
-        """Move ``model`` to the first device and split it; returns the model."""
+        """Move ``model`` to the first device and split it; returns the model.
+
+        A layer's ``split:`` annotation in the model file overrides the mode
+        :meth:`layer_modes` gives it.
+        """
         modes = self.layer_modes(model)
         for node in model.nodes:
+            if getattr(node, "split", None) is not None:  # the model file's per-layer annotation wins
+                modes[node.name] = node.split
             if modes.get(node.name) not in LAYER_MODES:
                 raise PlacementError(f"strategy {self.name!r} gave layer {node.index} {node.name!r} the mode "
                                      f"{modes.get(node.name)!r}; expected one of {LAYER_MODES}")
