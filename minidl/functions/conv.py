@@ -413,12 +413,48 @@ def _padded_like(x, win: Window, oh: int, ow: int, value):
     return out
 
 
+def _storage_flat(a, channels_last: bool):
+    """The elements of an (N, C, H, W) array in storage order, (N, H, W, C) or (N, C, H, W): a view if stored so."""
+    return (a.transpose(0, 2, 3, 1) if channels_last else a).reshape(-1)
+
+
+def _from_storage(flat, shape, channels_last: bool):
+    """Inverse of :func:`_storage_flat`: a flat array in storage order seen as (N, C, H, W)."""
+    n, c, h, w = shape
+    return flat.reshape(n, h, w, c).transpose(0, 3, 1, 2) if channels_last else flat.reshape(shape)
+
+
+def _window_sources(win: Window, padded_shape, channels_last: bool, winner):
+    """Flat storage index, into the padded input, of the element that won each window (winner: its tap k).
+
+    Returned flat, in the storage order of the output.
+    """
+    xp = get_array_module(winner)
+    n, c, hp, wp = padded_shape
+    sn, sc, sh, sw = (hp * wp * c, 1, wp * c, c) if channels_last else (c * hp * wp, hp * wp, wp, 1)
+    oh, ow = winner.shape[2:]
+    offsets = xp.asarray([i * win.dy * sh + j * win.dx * sw for i in range(win.kh) for j in range(win.kw)],
+                         dtype=numpy.int64)
+    rows = xp.arange(oh, dtype=numpy.int64)[:, None] * (win.sy * sh)  # (oh, 1)
+    cols = xp.arange(ow, dtype=numpy.int64) * (win.sx * sw)  # (ow,)
+    channels = xp.arange(c, dtype=numpy.int64) * sc  # (C,)
+    if channels_last:
+        origin = (rows[:, :, None] + cols[:, None] + channels)  # window origins, (oh, ow, C)
+    else:
+        origin = channels[:, None, None] + rows + cols  # (C, oh, ow)
+    source = offsets[_storage_flat(winner, channels_last)].reshape((n,) + origin.shape)
+    source += xp.arange(n, dtype=numpy.int64)[:, None, None, None] * sn
+    source += origin
+    return source.reshape(-1)
+
+
 class MaxPool2d(Function):
     """Max over windows as kh*kw elementwise maxima of strided views (no window copies).
 
     Works in whatever storage order x has (channels-last storage makes each
-    view runs of C contiguous values) and remembers which offset won each
-    window (the first maximum, as PyTorch) for the backward.
+    view runs of C contiguous values) and remembers where the first maximum
+    of each window was (as PyTorch) for the backward, as a flat index into
+    the (padded) input's storage.
     """
 
     def __init__(self, win: Window, ceil_mode: bool):
@@ -430,9 +466,11 @@ class MaxPool2d(Function):
         n, c, h, w = x.shape
         oh, ow = self.win.output_hw(h, w, self.ceil_mode)
         low = -numpy.inf if x.dtype.kind in "fV" else numpy.iinfo(x.dtype).min
+        self.channels_last = is_channels_last(x)
+        if not (self.channels_last or x.flags.c_contiguous):
+            x = xp.ascontiguousarray(x)  # flat indices need one of the two storage orders
         padded = _padded_like(x, self.win, oh, ow, low)
         taps = [padded[:, :, rows, cols] for _, (rows, cols) in self.win.taps(oh, ow)]
-        self.channels_last = is_channels_last(x)
         best = empty_nchw(xp, (n, c, oh, ow), x.dtype, self.channels_last)
         best[...] = taps[0]
         for view in taps[1:]:
@@ -440,66 +478,72 @@ class MaxPool2d(Function):
         # which offset won: the first one equal to the maximum, i.e. the number of leading taps that are not
         behind = taps[0] != best
         winner = behind.astype(numpy.int8 if len(taps) < 128 else numpy.int32)
+        differs = xp.empty_like(behind)
         for view in taps[1:-1]:
-            behind &= view != best
+            behind &= xp.not_equal(view, best, out=differs)
             winner += behind
-        self.winner = winner  # (N, C, oh, ow)
-        self.padded_hw = padded.shape[2:]
-        self.x_shape = x.shape
+        self.source = _window_sources(self.win, padded.shape, self.channels_last, winner)
+        self.padded_shape = padded.shape
         return best
 
     def backward(self, gy):
-        return MaxPool2dGrad(self.win, self.winner, self.padded_hw, self.x_shape, self.channels_last)(gy)
+        return MaxPool2dGrad(self.win, self.source, self.padded_shape, self.inputs[0].shape, self.channels_last)(gy)
 
     def release(self):
-        self.winner = None
+        self.source = None
+
+
+def _unpad(a, win: Window, padded_shape, h: int, w: int):
+    return a if padded_shape[2:] == (h, w) else a[:, :, win.ph:win.ph + h, win.pw:win.pw + w]
 
 
 class MaxPool2dGrad(Function):
     """Route each output gradient to the input element that won its window (adding where windows overlap)."""
 
-    def __init__(self, win: Window, winner, padded_hw, x_shape, channels_last=False):
+    def __init__(self, win: Window, source, padded_shape, x_shape, channels_last: bool):
         self.win = win
-        self.winner = winner
-        self.padded_hw = padded_hw
+        self.source = source  # flat storage index of each output's winner in the padded input
+        self.padded_shape = padded_shape
         self.x_shape = x_shape
         self.channels_last = channels_last
 
     def forward(self, gy):
         xp = get_array_module(gy)
-        n, c, h, w = self.x_shape
-        oh, ow = gy.shape[2:]
-        gx = empty_nchw(xp, (n, c) + tuple(self.padded_hw), gy.dtype, self.channels_last)
-        gx[...] = 0
-        for k, (rows, cols) in self.win.taps(oh, ow):
-            gx[:, :, rows, cols] += gy * (self.winner == k)
-        return gx[:, :, self.win.ph:self.win.ph + h, self.win.pw:self.win.pw + w]
+        n, c, hp, wp = self.padded_shape
+        # scatter-add (several windows may share a winner); in float32 at least, which every backend can add atomically
+        wide = numpy.promote_types(gy.dtype, numpy.float32)
+        gx = xp.zeros(n * c * hp * wp, dtype=wide)
+        xp.add.at(gx, self.source, _storage_flat(gy, self.channels_last).astype(wide, copy=False))
+        gx = _from_storage(gx.astype(gy.dtype, copy=False), self.padded_shape, self.channels_last)
+        return _unpad(gx, self.win, self.padded_shape, *self.x_shape[2:])
 
     def backward(self, ggx):
-        return _MaxPool2dSelect(self.win, self.winner, self.padded_hw, self.channels_last)(ggx)
+        return _MaxPool2dSelect(self.win, self.source, self.padded_shape, self.inputs[0].shape[2:],
+                                self.channels_last)(ggx)
 
 
 class _MaxPool2dSelect(Function):
     """Pick, for every output, the element of ggx where the forward max was (double backward)."""
 
-    def __init__(self, win: Window, winner, padded_hw, channels_last=False):
+    def __init__(self, win: Window, source, padded_shape, out_hw, channels_last: bool):
         self.win = win
-        self.winner = winner
-        self.padded_hw = padded_hw
+        self.source = source
+        self.padded_shape = padded_shape
+        self.out_hw = tuple(out_hw)
         self.channels_last = channels_last
 
     def forward(self, x):
         xp = get_array_module(x)
-        oh, ow = self.winner.shape[2:]
-        padded = _padded_like(x, self.win, oh, ow, 0)
+        n, c, hp, wp = self.padded_shape
+        padded = empty_nchw(xp, self.padded_shape, x.dtype, self.channels_last)
+        padded[...] = 0
+        _unpad(padded, self.win, self.padded_shape, *x.shape[2:])[...] = x
         self.x_shape = x.shape
-        out = xp.zeros(self.winner.shape, dtype=x.dtype)
-        for k, (rows, cols) in self.win.taps(oh, ow):
-            out += padded[:, :, rows, cols] * (self.winner == k)
-        return out
+        picked = xp.take(_storage_flat(padded, self.channels_last), self.source)
+        return _from_storage(picked, (n, c) + self.out_hw, self.channels_last)
 
     def backward(self, gy):
-        return MaxPool2dGrad(self.win, self.winner, self.padded_hw, self.x_shape, self.channels_last)(gy)
+        return MaxPool2dGrad(self.win, self.source, self.padded_shape, self.x_shape, self.channels_last)(gy)
 
 
 def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode: bool = False) -> Tensor:

@@ -68,17 +68,19 @@ class LocalResponseNorm(Function):
     def forward(self, x):
         xp = get_array_module(x)
         self.band = _channel_band(x.shape[1], self.size, x.dtype, xp)
-        sums = _channel_mix(self.band * x.dtype.type(self.scale), x * x)  # scale * window sums
+        squares = x * x
+        sums = _channel_mix(self.band * x.dtype.type(self.scale), squares)  # scale * window sums
         sums += x.dtype.type(self.k)
         self.denominator = sums  # k + scale * window sum
-        self.factor = sums ** x.dtype.type(-self.beta)
-        return x * self.factor
+        self.factor = xp.power(sums, x.dtype.type(-self.beta), out=squares)  # (reuses the squares' buffer)
+        self.y = x * self.factor
+        return self.y
 
     def backward(self, gy):
         return LocalResponseNormGrad(self)(self.inputs[0], gy)
 
     def release(self):
-        self.denominator = self.factor = None
+        self.denominator = self.factor = self.y = None
 
 
 class LocalResponseNormGrad(Function):
@@ -86,15 +88,15 @@ class LocalResponseNormGrad(Function):
 
     def __init__(self, lrn: LocalResponseNorm):
         self.lrn = lrn
-        self.denominator, self.factor, self.band = lrn.denominator, lrn.factor, lrn.band
+        self.denominator, self.factor, self.band, self.y = lrn.denominator, lrn.factor, lrn.band, lrn.y
 
     def forward(self, x, gy):
-        t = gy * x
-        t *= self.factor
+        xp = get_array_module(x, gy)
+        t = gy * self.y  # gy * x * d^-beta (y is the forward's output)
         t /= self.denominator
         back = _channel_mix(self.band.T * x.dtype.type(-2.0 * self.lrn.scale * self.lrn.beta), t)
         back *= x
-        back += gy * self.factor
+        back += xp.multiply(gy, self.factor, out=t)
         return back
 
     def backward(self, ggx):
