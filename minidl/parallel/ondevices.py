@@ -50,6 +50,16 @@ def _leaf(array, device, requires_grad):
     return t
 
 
+def _disjoint_rows(indices, extent):
+    """None unless ``indices`` are disjoint row slices; else whether they cover rows 0..extent."""
+    if not all(isinstance(i, slice) and i.step in (None, 1) and i.start is not None for i in indices):
+        return None
+    spans = sorted((i.start, i.stop) for i in indices)
+    if any(a[1] > b[0] for a, b in zip(spans, spans[1:])):
+        return None
+    return spans[0][0] == 0 and spans[-1][1] == extent and all(a[1] == b[0] for a, b in zip(spans, spans[1:]))
+
+
 class OnDevices(Function):
     """Runs a list of :class:`Branch` es (see the module docstring); returns one output per branch."""
 
@@ -62,12 +72,19 @@ class OnDevices(Function):
         self.layer_name = name
         self.record = False
         self._params = []  # the distinct Parameters, in first-use order
-        seen = set()
+        rows = {}  # id(parameter) -> the row slices the branches read
         for branch in self.branches:
-            for p, _, _ in branch.params:
-                if id(p) not in seen:
-                    seen.add(id(p))
+            for p, index, _ in branch.params:
+                if id(p) not in rows:
                     self._params.append(p)
+                rows.setdefault(id(p), []).append(index)
+        # parameters whose branches read disjoint row ranges: each branch writes its rows of the
+        # gradient itself, on its own thread (as the columns do); True when the ranges cover every row
+        self._disjoint = {}
+        for p in self._params:
+            covers = _disjoint_rows(rows[id(p)], p.shape[0])
+            if covers is not None:
+                self._disjoint[id(p)] = covers
 
     @property
     def name(self) -> str:
@@ -103,14 +120,19 @@ class OnDevices(Function):
         if _mode.enabled:
             raise RuntimeError(f"{self.name}: double backward (create_graph=True) through a device-split layer is "
                                "not supported; use the 'single' strategy for higher-order gradients")
-        jobs = [(b.device, lambda b=b, gy=gy: self._backward_branch(b, gy)) for b, gy in zip(self.branches, gys)]
+        totals = {}  # id(parameter) -> gradient array on the parameter's device
+        for p in self._params:
+            if id(p) in self._disjoint:
+                make = p.device.xp.empty if self._disjoint[id(p)] else p.device.xp.zeros
+                totals[id(p)] = make(p.shape, dtype=p.dtype)
+        jobs = [(b.device, lambda b=b, gy=gy: self._backward_branch(b, gy, totals))
+                for b, gy in zip(self.branches, gys)]
         per_branch = self.threads.run(jobs)
         input_grads = []
-        totals = {}  # id(parameter) -> gradient array on the parameter's device
         for b, (gxs, gps) in zip(self.branches, per_branch):
             input_grads.extend(gxs)
             for (p, index, _), g in zip(b.params, gps):
-                if g is None:
+                if g is None or id(p) in self._disjoint:  # unused, or already written by the branch
                     continue
                 g = transfer(g.data, p.device)
                 total = totals.get(id(p))
@@ -123,12 +145,20 @@ class OnDevices(Function):
         param_grads = [None if id(p) not in totals else _wrap(totals[id(p)], p.device) for p in self._params]
         return tuple(input_grads) + tuple(param_grads)
 
-    def _backward_branch(self, b, gy):
+    def _backward_branch(self, b, gy, totals):
         targets = [t for t in b.leaves + b.param_leaves if t.requires_grad]
-        if gy is None or b.output is None or not b.output.requires_grad or not targets:
-            return [None] * len(b.leaves), [None] * len(b.param_leaves)
-        found = dict(zip(map(id, targets), grad([b.output], targets, [gy], allow_unused=True)))
-        return [found.get(id(t)) for t in b.leaves], [found.get(id(t)) for t in b.param_leaves]
+        found = {}
+        if gy is not None and b.output is not None and b.output.requires_grad and targets:
+            found = dict(zip(map(id, targets), grad([b.output], targets, [gy], allow_unused=True)))
+        param_grads = [found.get(id(t)) for t in b.param_leaves]
+        for (p, index, _), g in zip(b.params, param_grads):
+            if id(p) in self._disjoint:  # this branch's rows of the gradient, written here in parallel
+                rows = totals[id(p)][index]
+                if g is None:
+                    rows[...] = 0
+                else:
+                    rows[...] = transfer(g.data, p.device)
+        return [found.get(id(t)) for t in b.leaves], param_grads
 
     def release(self) -> None:
         for b in self.branches:
