@@ -108,6 +108,9 @@ class Strategy:
         A layer's ``split:`` annotation in the model file overrides the mode
         :meth:`layer_modes` gives it.
         """
+        if not hasattr(model, "nodes"):
+            raise PlacementError(f"a device strategy places models built by minidl.build_model, not a "
+                                 f"{type(model).__name__}")
         modes = self.layer_modes(model)
         for node in model.nodes:
             if getattr(node, "split", None) is not None:  # the model file's per-layer annotation wins
