@@ -254,6 +254,19 @@ class ConvGeometry:
         out = out[:, :, win.ph:win.ph + h, win.pw:win.pw + w].transpose(1, 2, 3, 0, 4)  # (N, H, W, G, C/G)
         return xp.ascontiguousarray(out).reshape(n, h, w, c).transpose(0, 3, 1, 2)
 
+    def fold_tap_major(self, gcol_t):
+        """The same from (G, kh*kw*C/G, N*oh*ow) column gradients: each tap's adds then run along
+        output rows instead of C/G channels (the faster order when C/G is small, as for conv1's 3)."""
+        xp = get_array_module(gcol_t)
+        win, (n, c, h, w) = self.win, self.x_shape
+        g, cg = self.groups, c // self.groups
+        out = xp.zeros((g, cg, n) + win.padded_hw(h, w, self.oh, self.ow), dtype=gcol_t.dtype)
+        cols = gcol_t.reshape(g, win.kh * win.kw, cg, n, self.oh, self.ow)
+        for k, tap in win.taps(self.oh, self.ow):
+            out[(slice(None),) * 3 + tap] += cols[:, k]
+        out = out[:, :, :, win.ph:win.ph + h, win.pw:win.pw + w].transpose(2, 3, 4, 0, 1)  # (N, H, W, G, C/G)
+        return xp.ascontiguousarray(out).reshape(n, h, w, c).transpose(0, 3, 1, 2)
+
 
 def _per_group(xp, a, b, out, transpose_a=False, transpose_b=False):
     """out[g] = a[g] @ b[g] (each optionally transposed) for every group; ``out`` (G, ., .) may be a strided view."""
@@ -284,10 +297,16 @@ def _conv_grad_input(gy, W, geo: ConvGeometry):
         gx, col = _conv_forward(gy, W_t, ConvGeometry(gy.shape, back, g))
         scratch.release(col)
         return gx
-    wm = geo.weight_matrix(W)
-    gcol = scratch.empty((geo.groups, geo.rows, wm.shape[2]), xp.result_type(gy, W), xp)
-    _per_group(xp, geo.gy_matrix(gy), wm, gcol)  # (G, N*oh*ow, kh*kw*C/G)
-    gx = geo.fold(gcol)
+    wm, gym = geo.weight_matrix(W), geo.gy_matrix(gy)  # (G, O/G, kh*kw*C/G), (G, N*oh*ow, O/G)
+    dtype = xp.result_type(gy, W)
+    if W.shape[1] < 16:  # few channels per group: fold tap by tap along output rows
+        gcol = scratch.empty((geo.groups, wm.shape[2], geo.rows), dtype, xp)
+        _per_group(xp, wm, gym, gcol, transpose_a=True, transpose_b=True)  # (G, kh*kw*C/G, N*oh*ow)
+        gx = geo.fold_tap_major(gcol)
+    else:
+        gcol = scratch.empty((geo.groups, geo.rows, wm.shape[2]), dtype, xp)
+        _per_group(xp, gym, wm, gcol)  # (G, N*oh*ow, kh*kw*C/G)
+        gx = geo.fold(gcol)
     scratch.release(gcol)
     return gx
 

@@ -180,6 +180,15 @@ def test_conv2d_alexnet_geometry_like_torch(device, torch, rng):
     assert y.shape == (1, 4, 7, 7)
 
 
+@pytest.mark.parametrize("channels, groups", [(3, 1), (32, 1), (32, 2), (64, 2)])
+def test_conv2d_strided_input_gradient_both_fold_orders_like_torch(channels, groups, device, torch, rng):
+    # strided convolutions fold column gradients back tap by tap: along output rows when there are
+    # few channels per group (< 16, conv1's 3), along the channels otherwise
+    x, W = rng.standard_normal((2, channels, 9, 9)), rng.standard_normal((4, channels // groups, 3, 3))
+    check_op(lambda x, W: F.conv2d(x, W, stride=2, padding=1, groups=groups), [x, W], device, torch, None,
+             lambda x, W: torch.nn.functional.conv2d(x, W, stride=2, padding=1, groups=groups))
+
+
 def test_conv2d_large_enough_for_the_scratch_pool(device, torch, rng):
     # im2col columns above ScratchPool.min_bytes (8 MB) come from the pool and are handed back
     # after backward: two rounds in a row must not see each other's buffers.
