@@ -284,13 +284,22 @@ def _conv_forward(x, W, geo: ConvGeometry):
 
 
 def _conv_grad_input(gy, W, geo: ConvGeometry):
+    """The transposed convolution, by whichever of three equivalent routes moves the least memory.
+
+    Stride 1 with at most twice as many output as input channels (per group):
+    a convolution of gy with the flipped, transposed kernels (its im2col is at
+    most twice the forward's). Otherwise one GEMM to column gradients and a
+    fold, tap by tap along output rows when channels per group are few (conv1's
+    3) or the flipped convolution's columns would be large (AlexNet conv2's
+    64 -> 192), along channels otherwise.
+    """
     xp = get_array_module(gy, W)
     win = geo.win
-    flipped_padding = (win.dy * (win.kh - 1) - win.ph, win.dx * (win.kw - 1) - win.pw)
-    if win.sy == win.sx == 1 and min(flipped_padding) >= 0:
-        # stride 1: the input gradient is a convolution of gy with the flipped, transposed kernels
-        o, cg, kh, kw = W.shape
-        g = geo.groups
+    o, cg, kh, kw = W.shape
+    g = geo.groups
+    flipped_padding = (win.dy * (kh - 1) - win.ph, win.dx * (kw - 1) - win.pw)
+    stride_1 = win.sy == win.sx == 1 and min(flipped_padding) >= 0
+    if stride_1 and o // g <= 2 * cg:
         W_t = W.reshape(g, o // g, cg, kh, kw)[:, :, :, ::-1, ::-1].transpose(0, 2, 1, 3, 4).reshape(g * cg, o // g,
                                                                                                        kh, kw)
         back = Window(kh, kw, 1, 1, flipped_padding[0], flipped_padding[1], win.dy, win.dx)
@@ -299,12 +308,12 @@ def _conv_grad_input(gy, W, geo: ConvGeometry):
         return gx
     wm, gym = geo.weight_matrix(W), geo.gy_matrix(gy)  # (G, O/G, kh*kw*C/G), (G, N*oh*ow, O/G)
     dtype = xp.result_type(gy, W)
-    if W.shape[1] < 16:  # few channels per group: fold tap by tap along output rows
-        gcol = scratch.empty((geo.groups, wm.shape[2], geo.rows), dtype, xp)
+    if cg < 16 or stride_1:
+        gcol = scratch.empty((g, wm.shape[2], geo.rows), dtype, xp)
         _per_group(xp, wm, gym, gcol, transpose_a=True, transpose_b=True)  # (G, kh*kw*C/G, N*oh*ow)
         gx = geo.fold_tap_major(gcol)
     else:
-        gcol = scratch.empty((geo.groups, geo.rows, wm.shape[2]), dtype, xp)
+        gcol = scratch.empty((g, geo.rows, wm.shape[2]), dtype, xp)
         _per_group(xp, gym, wm, gcol)  # (G, N*oh*ow, kh*kw*C/G)
         gx = geo.fold(gcol)
     scratch.release(gcol)

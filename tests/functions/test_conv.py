@@ -180,13 +180,16 @@ def test_conv2d_alexnet_geometry_like_torch(device, torch, rng):
     assert y.shape == (1, 4, 7, 7)
 
 
-@pytest.mark.parametrize("channels, groups", [(3, 1), (32, 1), (32, 2), (64, 2)])
-def test_conv2d_strided_input_gradient_both_fold_orders_like_torch(channels, groups, device, torch, rng):
-    # strided convolutions fold column gradients back tap by tap: along output rows when there are
-    # few channels per group (< 16, conv1's 3), along the channels otherwise
-    x, W = rng.standard_normal((2, channels, 9, 9)), rng.standard_normal((4, channels // groups, 3, 3))
-    check_op(lambda x, W: F.conv2d(x, W, stride=2, padding=1, groups=groups), [x, W], device, torch, None,
-             lambda x, W: torch.nn.functional.conv2d(x, W, stride=2, padding=1, groups=groups))
+@pytest.mark.parametrize("channels, out_channels, groups, stride", [
+    (3, 4, 1, 2), (32, 4, 1, 2), (32, 4, 2, 2), (64, 8, 2, 2),  # strided: fold along rows (< 16 channels) or channels
+    (4, 8, 1, 1), (4, 12, 1, 1), (16, 48, 2, 1),  # stride 1: flipped convolution, or fold when O > 2 C per group
+])
+def test_conv2d_input_gradient_routes_like_torch(channels, out_channels, groups, stride, device, torch, rng):
+    # the input gradient takes one of three routes depending on the geometry: all must agree with torch
+    x = rng.standard_normal((2, channels, 9, 9))
+    W = rng.standard_normal((out_channels, channels // groups, 3, 3))
+    check_op(lambda x, W: F.conv2d(x, W, stride=stride, padding=1, groups=groups), [x, W], device, torch, None,
+             lambda x, W: torch.nn.functional.conv2d(x, W, stride=stride, padding=1, groups=groups))
 
 
 def test_conv2d_large_enough_for_the_scratch_pool(device, torch, rng):
