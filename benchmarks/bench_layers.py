@@ -5,7 +5,8 @@
 Conv layers use torchvision's AlexNet widths at 224x224 input (conv1 3->64
 11x11/4 pad 2 ... conv5 256->256 3x3), plus fc6 (9216 -> 4096). Also a full
 AlexNet-style step split by layer kind, to show what share pooling and LRN
-take. Prints times and minidl's throughput as a fraction of PyTorch's
+take (their inputs stored channels-last, as minidl's convolutions leave
+activations in a network, and, for comparison, C-contiguous). Prints times and minidl's throughput as a fraction of PyTorch's
 (>= 1.0 means minidl is faster). Goal (issue 3): >= 0.8x on every conv
 shape; pooling + LRN under 15% of the full step.
 """
@@ -91,19 +92,27 @@ def fc_case(torch, batch, repeat):
     return result
 
 
-def pool_lrn_share(batch, repeat):
-    """Seconds of pooling+LRN (forward+backward) vs a whole conv stack step, on AlexNet shapes (paper LRN)."""
+def pool_lrn_share(batch, repeat, channels_last=True):
+    """Seconds of pooling+LRN (forward+backward) on AlexNet shapes (paper LRN).
+
+    With ``channels_last`` the inputs and output gradients are stored as minidl's conv + relu leave
+    them in a network ((N, H, W, C) storage seen as (N, C, H, W)); otherwise C-contiguous.
+    """
     rng = np.random.default_rng(0)
-    c1 = rng.standard_normal((batch, 64, 55, 55)).astype(np.float32)
-    c2 = rng.standard_normal((batch, 192, 27, 27)).astype(np.float32)
-    c5 = rng.standard_normal((batch, 256, 13, 13)).astype(np.float32)
+
+    def stored(shape):
+        a = rng.standard_normal(shape).astype(np.float32)
+        return np.ascontiguousarray(a.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2) if channels_last else a
+
+    c1, c2, c5 = stored((batch, 64, 55, 55)), stored((batch, 192, 27, 27)), stored((batch, 256, 13, 13))
+    grads = [stored((batch, 64, 27, 27)), stored((batch, 192, 13, 13)), stored((batch, 256, 6, 6))]
 
     def pool_and_lrn():
-        for a, lrn in ((c1, True), (c2, True), (c5, False)):
+        for a, lrn, g in ((c1, True, grads[0]), (c2, True, grads[1]), (c5, False, grads[2])):
             t = mdl.tensor(a, requires_grad=True)
             y = F.local_response_norm(t, 5, 1e-4, 0.75, 2.0) if lrn else t
             y = F.max_pool2d(y, 3, 2)
-            y.backward(mdl.tensor(np.ones(y.shape, np.float32)))
+            y.backward(mdl.tensor(g))
 
     return timed(pool_and_lrn, repeat)
 
@@ -127,9 +136,10 @@ def main(argv=None):
     _row("fc6", r)
     for k in r:
         total[k] += r[k]
-    share = pool_lrn_share(args.batch, args.repeat)
-    print(f"pool+LRN forward+backward: {share * 1e3:.1f} ms = {share / (total['minidl'] + share):.1%} of "
-          f"(conv1-5 + fc6 + pool + LRN) in minidl")
+    for channels_last, stored in ((True, "channels-last, as conv+relu leave them"), (False, "C-contiguous")):
+        share = pool_lrn_share(args.batch, args.repeat, channels_last)
+        print(f"pool+LRN forward+backward ({stored}): {share * 1e3:.1f} ms = "
+              f"{share / (total['minidl'] + share):.1%} of (conv1-5 + fc6 + pool + LRN) in minidl")
 
 
 def _row(name, r):
