@@ -6,8 +6,9 @@ Conv layers use torchvision's AlexNet widths at 224x224 input (conv1 3->64
 11x11/4 pad 2 ... conv5 256->256 3x3), plus fc6 (9216 -> 4096). Also a full
 AlexNet-style step split by layer kind, to show what share pooling and LRN
 take (their inputs stored channels-last, as minidl's convolutions leave
-activations in a network, and, for comparison, C-contiguous). Prints times and minidl's throughput as a fraction of PyTorch's
-(>= 1.0 means minidl is faster). Goal (issue 3): >= 0.8x on every conv
+activations in a network, and, for comparison, C-contiguous). Prints times
+and minidl's throughput as a fraction of PyTorch's (>= 1.0 means minidl is
+faster). Goal (issue 3): >= 0.8x on every conv
 shape; pooling + LRN under 15% of the full step.
 """
 from __future__ import annotations
