@@ -24,6 +24,7 @@ __all__ = [
     "get_array_module",
     "device_of_array",
     "transfer",
+    "enable_peer_access",
     "bfloat16",
 ]
 
@@ -184,6 +185,31 @@ def transfer(array, device: Device):
         return array
     with device.xp.cuda.Device(device.index):
         return device.xp.asarray(array)
+
+
+def enable_peer_access(devices) -> list:
+    """Let every pair of the given CUDA devices copy directly (NVLink/PCIe peer access) where the driver allows.
+
+    Returns the (a, b) index pairs that now have peer access. Copies between
+    devices work without it too, staged through the host.
+    """
+    indices = sorted({d.index for d in devices if d.type == "cuda"})
+    if len(indices) < 2:
+        return []
+    runtime = _cupy.cuda.runtime
+    enabled = []
+    for a in indices:
+        for b in indices:
+            if a == b or not runtime.deviceCanAccessPeer(a, b):
+                continue
+            with _cupy.cuda.Device(a):
+                try:
+                    runtime.deviceEnablePeerAccess(b)
+                except _cupy.cuda.runtime.CUDARuntimeError as e:  # already enabled: fine
+                    if "PeerAccessAlreadyEnabled" not in str(e):
+                        raise
+            enabled.append((a, b))
+    return enabled
 
 
 def bfloat16():

@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 from concurrent.futures import ThreadPoolExecutor
 
+from ..backend import enable_peer_access
+
 __all__ = ["DeviceThreads", "cpu_cores"]
 
 
@@ -35,6 +37,7 @@ class DeviceThreads:
         self.devices = list(devices)
         self._pools = {d: ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"minidl-{d}") for d in self.devices}
         self._blas_limit = None
+        self.peer_pairs = enable_peer_access(self.devices)  # direct GPU-to-GPU copies where possible
         cpu_devices = sum(1 for d in self.devices if d.type == "cpu")
         if blas_threads is None and cpu_devices > 1:
             blas_threads = max(1, cpu_cores() // cpu_devices)
