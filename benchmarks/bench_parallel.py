@@ -5,16 +5,17 @@
 Each case runs in its own process, on the same random batch: one SGD step
 (forward, cross-entropy, backward, update) of the paper's AlexNet
 
-- ``single``: one device (OpenBLAS with every core);
+- ``single``: one device, OpenBLAS using every core (what a user gets by default);
+- ``single-1core``: one device, one BLAS thread: the one-core baseline;
 - ``columns``, ``hybrid``, ``data_parallel``: split over the logical devices
   cpu:0 and cpu:1 (one thread and one BLAS thread each);
 - ``mpi-1`` / ``mpi-2``: the data-parallel trainer's step under
   ``mpiexec -n 1`` and ``mpiexec -n 2`` (global batch 32, gradients summed
-  with one Allreduce; one BLAS thread per process with two processes);
-- ``pytorch``: the same network in PyTorch (CPU), for scale.
+  with one Allreduce; one BLAS thread per process);
+- ``pytorch``: the same network in PyTorch (CPU, its default threads), for scale.
 
-Prints seconds per step (median), speed-ups over single / mpi-1, and the
-scaling efficiency (speed-up / 2).
+Prints seconds per step (median) and speed-ups: from one core to two
+(scaling efficiency = speed-up / 2), and against ``single`` on every core.
 """
 from __future__ import annotations
 
@@ -59,14 +60,14 @@ else:
     from minidl.plugins import registry
     mdl.random.manual_seed(0)
     world = None
+    if case.startswith("mpi") or case == "single-1core":
+        from threadpoolctl import threadpool_limits
+        threadpool_limits(1, user_api="blas")  # one core per process
     if case.startswith("mpi"):
         from minidl.parallel.mpi import world as mpi_world
         world = mpi_world()
-        if world is not None:
-            from threadpoolctl import threadpool_limits
-            threadpool_limits(1, user_api="blas")  # one core per process
         model = mdl.build_model(model_path)
-    elif case == "single":
+    elif case.startswith("single"):
         model = mdl.build_model(model_path)
     else:
         model = mdl.build_model(model_path, devices="cpu:0,cpu:1", strategy=case)
@@ -110,7 +111,7 @@ def main():
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--model", default=str(HERE.parent / "models" / "alexnet.yaml"))
-    parser.add_argument("--cases", default="single,columns,hybrid,data_parallel,mpi-1,mpi-2,pytorch")
+    parser.add_argument("--cases", default="single,single-1core,columns,hybrid,data_parallel,mpi-1,mpi-2,pytorch")
     args = parser.parse_args()
     print(f"machine: {machine()}; AlexNet training step, batch {args.batch}, median of {args.steps} steps")
     results = {}
@@ -118,15 +119,20 @@ def main():
         results[case] = seconds = run_case(case, args)
         if seconds is not None:
             print(f"{case:>14}: {seconds * 1000:8.0f} ms/step, {args.batch / seconds:6.1f} images/s", flush=True)
-    single, mpi1, torch = results.get("single"), results.get("mpi-1"), results.get("pytorch")
+    single, one_core = results.get("single"), results.get("single-1core")
+    mpi1, torch = results.get("mpi-1"), results.get("pytorch")
     print()
     for case in ("columns", "hybrid", "data_parallel"):
-        if single and results.get(case):
-            speedup = single / results[case]
-            print(f"{case} over cpu:0,cpu:1 vs single: {speedup:.2f}x (efficiency {speedup / 2:.0%})")
+        if results.get(case) and one_core:
+            speedup = one_core / results[case]
+            print(f"{case} over cpu:0,cpu:1 vs single on one core: {speedup:.2f}x (efficiency {speedup / 2:.0%})")
+        if results.get(case) and single:
+            print(f"{case} over cpu:0,cpu:1 vs single with every core in BLAS: {single / results[case]:.2f}x")
     if mpi1 and results.get("mpi-2"):
         speedup = mpi1 / results["mpi-2"]
-        print(f"data_parallel over 2 MPI processes vs 1: {speedup:.2f}x (efficiency {speedup / 2:.0%})")
+        print(f"data_parallel over 2 MPI processes vs 1 (one core each): {speedup:.2f}x (efficiency {speedup / 2:.0%})")
+        if single:
+            print(f"data_parallel over 2 MPI processes vs single with every core in BLAS: {single / results['mpi-2']:.2f}x")
     if torch:
         for case, seconds in results.items():
             if seconds and case != "pytorch":
