@@ -77,6 +77,10 @@ def _call(device, job):
         with device.context():
             return job()
     except Exception as e:
-        if not any(str(device) in note for note in getattr(e, "__notes__", ())):
-            e.add_note(f"(in the share of the layer that runs on {device})")
-        raise
+        if str(e).startswith("on "):  # already says where (a nested split)
+            raise
+        try:
+            located = type(e)(f"on {device}: {e}")
+        except Exception:  # an exception type that takes other arguments: keep it as it is
+            raise e from None
+        raise located.with_traceback(e.__traceback__) from e

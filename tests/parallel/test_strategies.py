@@ -215,3 +215,22 @@ def test_a_layer_split_annotation_overrides_the_strategy(tmp_path):
     bad.write_text(text.replace("{name: fc8, type: linear,", "{name: fc8, type: linear, split: columns,"))
     with pytest.raises(mdl.ModelError, match=r"bad.yaml:\d+:\d+: .*split must be one of data, model, home"):
         mdl.build_model(bad)
+
+
+class _FailsOnSecondDevice(_Recorder):
+    def forward(self, x):
+        if str(x.device) == "cpu:1":
+            raise ValueError("bad share")
+        return x
+
+
+def test_an_error_in_a_share_names_its_device():
+    model = mdl.build_model({"name": "t", "input": [4, 3, 3], "layers": [
+        {"type": "conv2d", "out_channels": 4, "kernel_size": 1}, {"type": "relu"}]})
+    model.nodes[1].module = _FailsOnSecondDevice([])
+    place(model, "columns", TWO)
+    try:
+        with pytest.raises(ValueError, match=r"relu1 \(split over cpu:0, cpu:1\): on cpu:1: bad share"):
+            model(mdl.tensor(np.ones((2, 4, 3, 3), np.float32)))
+    finally:
+        model.placement.close()
