@@ -25,6 +25,7 @@ __all__ = [
     "device_of_array",
     "transfer",
     "enable_peer_access",
+    "nccl",
     "bfloat16",
 ]
 
@@ -210,6 +211,16 @@ def enable_peer_access(devices) -> list:
                         raise
             enabled.append((a, b))
     return enabled
+
+
+def nccl():
+    """CuPy's NCCL bindings (``cupy.cuda.nccl``), for gradient all-reduce between GPU processes."""
+    _import_cupy("cuda:0")
+    try:
+        from cupy.cuda import nccl as bindings
+    except ImportError as e:
+        raise DeviceError(f"NCCL is not available to CuPy here ({e}): install NCCL for CuPy's CUDA version") from None
+    return bindings
 
 
 def bfloat16():

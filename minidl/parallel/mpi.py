@@ -29,7 +29,9 @@ import os
 
 import numpy
 
+from .. import backend
 from ..backend import CPU, transfer
+from ..tensor import _wrap
 
 __all__ = ["World", "world", "launched_ranks"]
 
@@ -96,7 +98,7 @@ class World:
             host = numpy.ascontiguousarray(transfer(p.data, CPU))
             self.comm.Bcast(host, root=0)
             if not self.is_root:
-                p.data = transfer(host, p.device) if p.device.type != "cpu" else host
+                p.data = transfer(host, p.device)
 
     def allreduce_step(self, params, weight: float, loss: float, stop: bool) -> tuple:
         """Sum ``weight * grad`` over ranks into every ``p.grad``; returns (global loss, stop on any rank).
@@ -106,59 +108,46 @@ class World:
         the stop flag travel in the same message.
         """
         params = list(params)
-        if params and params[0].device.type == "cuda":
-            return self._nccl_step(params, weight, loss, stop)
-        sizes = [p.size for p in params]
-        total = sum(sizes) + 2
-        if self._buffer is None or self._buffer.size != total or self._buffer.dtype != params[0].dtype:
-            self._buffer = numpy.empty(total, dtype=params[0].dtype if params else numpy.float32)
-        buffer = self._buffer
-        offset = 0
-        for p, n in zip(params, sizes):
-            part = buffer[offset:offset + n]
-            if p.grad is None:
-                part[...] = 0
+        device = params[0].device
+        xp = device.xp
+        total = sum(p.size for p in params) + 2
+        with device.context():
+            buffer = self._buffer  # reused on the CPU (no page faults); CuPy has its own memory pool
+            if buffer is None or buffer.size != total or buffer.dtype != params[0].dtype or xp is not numpy:
+                buffer = self._buffer = xp.empty(total, dtype=params[0].dtype)
+            offset = 0
+            for p in params:
+                part = buffer[offset:offset + p.size]
+                if p.grad is None:
+                    part[...] = 0
+                else:
+                    xp.multiply(p.grad.data.reshape(-1), weight, out=part)
+                offset += p.size
+            buffer[-2] = loss * weight
+            buffer[-1] = 1.0 if stop else 0.0
+            if xp is numpy:
+                self.comm.Allreduce(self.MPI.IN_PLACE, buffer, op=self.MPI.SUM)
             else:
-                numpy.multiply(p.grad.data.reshape(-1), weight, out=part)
-            offset += n
-        buffer[-2] = loss * weight
-        buffer[-1] = 1.0 if stop else 0.0
-        self.comm.Allreduce(self.MPI.IN_PLACE, buffer, op=self.MPI.SUM)
-        offset = 0
-        from ..tensor import _wrap
+                self._nccl_allreduce(buffer)
+            offset = 0
+            for p in params:
+                grad = buffer[offset:offset + p.size].reshape(p.shape)
+                p.grad = _wrap(grad.copy() if xp is numpy else grad, device)  # the CPU buffer is reused
+                offset += p.size
+            tail = transfer(buffer[-2:], CPU)
+        return float(tail[0]), bool(tail[1] > 0)
 
-        for p, n in zip(params, sizes):
-            p.grad = _wrap(buffer[offset:offset + n].reshape(p.shape).copy(), p.device)
-            offset += n
-        return float(buffer[-2]), bool(buffer[-1] > 0)
-
-    def _nccl_step(self, params, weight, loss, stop):
-        """The GPU path: one NCCL all-reduce over a flat device buffer (communicator made over MPI)."""
-        import cupy
-        from cupy.cuda import nccl
-
-        from ..tensor import _wrap
-
+    def _nccl_allreduce(self, buffer) -> None:
+        """Sum a CuPy buffer over ranks in place with NCCL (the communicator is set up over MPI once)."""
+        nccl = backend.nccl()
         if self._nccl is None:
             uid = nccl.get_unique_id() if self.is_root else None
             uid = tuple(self.broadcast_json(list(uid) if uid is not None else None))
             self._nccl = nccl.NcclCommunicator(self.size, uid, self.rank)
-        device = params[0].device
-        with device.context():
-            parts = [(p.grad.data.reshape(-1) * weight if p.grad is not None else cupy.zeros(p.size, p.dtype))
-                     for p in params]
-            parts.append(cupy.asarray([loss * weight, 1.0 if stop else 0.0], dtype=params[0].dtype))
-            flat = cupy.concatenate(parts)
-            kind = {numpy.dtype("float32"): nccl.NCCL_FLOAT32, numpy.dtype("float64"): nccl.NCCL_FLOAT64,
-                    numpy.dtype("float16"): nccl.NCCL_FLOAT16}[numpy.dtype(flat.dtype)]
-            stream = cupy.cuda.get_current_stream()
-            self._nccl.allReduce(flat.data.ptr, flat.data.ptr, flat.size, kind, nccl.NCCL_SUM, stream.ptr)
-            offset = 0
-            for p in params:
-                p.grad = _wrap(flat[offset:offset + p.size].reshape(p.shape), device)
-                offset += p.size
-            tail = cupy.asnumpy(flat[-2:])
-        return float(tail[0]), bool(tail[1] > 0)
+        kind = {numpy.dtype("float32"): nccl.NCCL_FLOAT32, numpy.dtype("float64"): nccl.NCCL_FLOAT64,
+                numpy.dtype("float16"): nccl.NCCL_FLOAT16}[numpy.dtype(buffer.dtype)]
+        stream = backend.get_array_module(buffer).cuda.get_current_stream()
+        self._nccl.allReduce(buffer.data.ptr, buffer.data.ptr, buffer.size, kind, nccl.NCCL_SUM, stream.ptr)
 
     def sum(self, values) -> numpy.ndarray:
         """Elementwise sum over ranks of a short list of numbers (float64)."""

@@ -191,7 +191,7 @@ class Placement:
             if mode == "model":
                 if node.name in self._splits:
                     return self._output_split(node, x)
-                if x.axis == 0 and len(x.shards) > 1 and not _has_parameters(module):
+                if x.axis == 0 and len(x.shards) > 1 and not module.num_parameters():
                     return self._per_shard(node, x, lambda lo, hi: (lo, hi))
                 if hasattr(module, "channel_halo"):
                     return self._halo(node, x)
@@ -200,25 +200,24 @@ class Placement:
                     return self._per_shard(node, x, lambda lo, hi: module.channel_map(lo, hi, shape))
         pieces = [value.piece(self.home, ledger=self.ledger) for value in inputs]
         out = module(*pieces)
-        self._count_outputs([(self.home, out)], [(p, None) for p in module.parameters()])
+        if self.ledger is not None:
+            self._count(self.ledger, [(self.home, out)], [(p, None, self.home) for p in module.parameters()])
         return Sharded.whole(out)
 
     def _launch(self, node, branches):
         op = OnDevices(branches, self.threads, in_order=getattr(node.module, "stochastic", False), name=node.name)
         outputs = op()
-        self._count_outputs([(b.device, y) for b, y in zip(branches, outputs)],
-                            [(p, index, b.device) for b in branches for p, index, _ in b.params])
+        if self.ledger is not None:  # only while `measure` runs: nothing is built per step otherwise
+            self._count(self.ledger, [(b.device, y) for b, y in zip(branches, outputs)],
+                        [(p, index, b.device) for b in branches for p, index, _ in b.params])
         return outputs
 
-    def _count_outputs(self, outputs, params):
-        ledger = self.ledger
-        if ledger is None:
-            return
+    @staticmethod
+    def _count(ledger, outputs, params):
+        """Add layer outputs [(device, tensor)] and parameters [(parameter, rows, device)] to ``ledger``."""
         for device, y in outputs:
             ledger.activation_bytes[device] += y.data.nbytes
-        for item in params:
-            p, index = item[0], item[1]
-            device = item[2] if len(item) > 2 else self.home
+        for p, index, device in params:
             nbytes = p.data.nbytes if index is None else p.data[index].nbytes
             ledger.add_params(device, (id(p), str(index)), nbytes)
 
@@ -325,6 +324,3 @@ def _replicate(module):
         object.__setattr__(twin, name, twin_child)
     return twin
 
-
-def _has_parameters(module) -> bool:
-    return any(True for _ in module.parameters())
