@@ -27,6 +27,7 @@ __all__ = [
     "enable_peer_access",
     "nccl",
     "bfloat16",
+    "array_matmul",
 ]
 
 _cupy = None  # the cupy module, once a CUDA device has been asked for
@@ -168,6 +169,8 @@ def get_array_module(*arrays):
 
 def device_of_array(array) -> Device:
     """The device an array lives on (a NumPy array is on ``cpu:0``)."""
+    if _cupy is None and type(array).__module__.startswith("cupy"):
+        _import_cupy("cuda:0")  # a CuPy array made before minidl was asked for a GPU
     if _cupy is not None and isinstance(array, _cupy.ndarray):
         return as_device(f"cuda:{array.device.id}")
     return CPU
@@ -232,6 +235,25 @@ def bfloat16():
             "bfloat16 needs the ml_dtypes package: pip install 'minidl[bf16]'"
         ) from None
     return numpy.dtype(ml_dtypes.bfloat16)
+
+
+def array_matmul(a, b, out=None):
+    """``xp.matmul(a, b, out=out)`` for any floating dtype, bfloat16 included.
+
+    Neither backend has a bfloat16 GEMM: CuPy refuses the dtype and ml_dtypes'
+    NumPy loop returns float32. bfloat16 operands are multiplied in float32
+    and the product rounded back, on both, so every op that calls this keeps
+    its inputs' dtype.
+    """
+    xp = get_array_module(a, b)
+    if a.dtype.kind == "V" or b.dtype.kind == "V":  # ml_dtypes' bfloat16 is a void-kind dtype to NumPy
+        dtype = numpy.result_type(a.dtype, b.dtype)
+        product = xp.matmul(a.astype(numpy.float32), b.astype(numpy.float32)).astype(dtype)
+        if out is None:
+            return product
+        out[...] = product
+        return out
+    return xp.matmul(a, b, out=out)
 
 
 class ScratchPool:

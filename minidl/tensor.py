@@ -254,11 +254,14 @@ def tensor(data, requires_grad: bool = False, device=None, dtype=None) -> Tensor
     Args:
         data: the values.
         requires_grad: record ops on this tensor for backward.
-        device: ``"cpu"`` (default), ``"cpu:N"`` or ``"cuda:N"``.
+        device: ``"cpu"``, ``"cpu:N"`` or ``"cuda:N"``. By default the device ``data`` is
+            on: a Tensor's device, a CuPy array's GPU, else the CPU.
         dtype: e.g. ``"float32"``, ``"float64"``, ``"float16"``, ``"bfloat16"`` or ``mdl.bfloat16``.
 
     >>> x = mdl.tensor([[1.0, 2.0]], requires_grad=True)
     """
+    if device is None:
+        device = data.device if isinstance(data, Tensor) else backend.device_of_array(data)
     device = as_device(device)
     if isinstance(data, Tensor):
         data = data.data

@@ -38,6 +38,16 @@ def test_tensor_on_device(device):
     np.testing.assert_array_equal(x.numpy(), [1.0, 2.0])
 
 
+def test_tensor_from_an_array_or_tensor_stays_on_its_device(device):
+    x = mdl.tensor([1.0, 2.0], device=device)
+    from_array = mdl.tensor(x.data)  # a CuPy array stays on its GPU, as torch.tensor(t) keeps t's device
+    from_tensor = mdl.tensor(x)
+    assert from_array.device == x.device and from_tensor.device == x.device
+    assert from_array.data is not x.data  # copied, as documented
+    np.testing.assert_array_equal(from_array.numpy(), [1.0, 2.0])
+    assert mdl.tensor(x.data, device="cpu").device == mdl.Device("cpu")
+
+
 def test_repr_and_item():
     x = mdl.tensor([[1.5]], requires_grad=True)
     assert "requires_grad=True" in repr(x)

@@ -197,12 +197,15 @@ class GetItemGrad(Function):
 
     def forward(self, gy):
         xp = get_array_module(gy)
-        gx = xp.zeros(self.in_shape, dtype=gy.dtype)
         if _is_basic(self.index):
+            gx = xp.zeros(self.in_shape, dtype=gy.dtype)
             gx[self.index] = gy
-        else:
-            xp.add.at(gx, self.index, gy)
-        return gx
+            return gx
+        # repeated indices add up; in float32 at least, which every backend can scatter-add (CuPy has no bfloat16 add.at)
+        wide = numpy.promote_types(gy.dtype, numpy.float32)
+        gx = xp.zeros(self.in_shape, dtype=wide)
+        xp.add.at(gx, self.index, gy.astype(wide, copy=False))
+        return gx.astype(gy.dtype, copy=False)
 
     def backward(self, ggx):
         return getitem(ggx, self.index)

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy
 
-from ..backend import get_array_module, scratch
+from ..backend import array_matmul, get_array_module, scratch
 from ..function import Function
 from ..tensor import Tensor, _wrap
 from .linalg import matmul
@@ -271,7 +271,7 @@ class ConvGeometry:
 def _per_group(xp, a, b, out, transpose_a=False, transpose_b=False):
     """out[g] = a[g] @ b[g] (each optionally transposed) for every group; ``out`` (G, ., .) may be a strided view."""
     for g in range(a.shape[0]):
-        xp.matmul(a[g].T if transpose_a else a[g], b[g].T if transpose_b else b[g], out=out[g])
+        array_matmul(a[g].T if transpose_a else a[g], b[g].T if transpose_b else b[g], out=out[g])
     return out
 
 

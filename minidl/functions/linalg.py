@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy
 
-from ..backend import get_array_module
+from ..backend import array_matmul
 from ..function import Function
 from ..tensor import Tensor
 from .array import reshape, sum_to, swapaxes
@@ -15,9 +15,7 @@ class MatMul(Function):
     """``a @ b`` with NumPy semantics: batched, broadcasting, 1-D operands promoted."""
 
     def forward(self, a, b):
-        xp = get_array_module(a, b)
-        # ml_dtypes returns float32 for bfloat16 operands; keep the operands' dtype
-        return xp.matmul(a, b).astype(xp.result_type(a, b), copy=False)
+        return array_matmul(a, b)
 
     def backward(self, gy):
         a, b = self.inputs
@@ -49,11 +47,10 @@ class Linear(Function):
     """
 
     def forward(self, x, W, b=None):
-        xp = get_array_module(x, W)
-        y = xp.matmul(x, W.T)
+        y = array_matmul(x, W.T)
         if b is not None:
             y += b
-        return y.astype(xp.result_type(x, W), copy=False)
+        return y
 
     def backward(self, gy):
         x, W = self.inputs[:2]

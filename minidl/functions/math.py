@@ -5,6 +5,8 @@ its input's shape with ``sum_to``.
 """
 from __future__ import annotations
 
+import numpy
+
 from ..backend import get_array_module
 from ..function import Function
 from ..tensor import Tensor, _is_float_dtype, _wrap
@@ -306,7 +308,8 @@ def minimum(a, b) -> Tensor:
 class Where(Function):
     def forward(self, condition, a, b):
         xp = get_array_module(a, b)
-        return xp.where(condition, a, b)
+        # (CuPy promotes two bfloat16 operands to float32 here; keep NumPy's result dtype)
+        return xp.where(condition, a, b).astype(numpy.result_type(a.dtype, b.dtype), copy=False)
 
     def backward(self, gy):
         condition, a, b = self.inputs

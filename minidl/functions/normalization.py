@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy
 
-from ..backend import get_array_module
+from ..backend import array_matmul, get_array_module
 from ..function import Function
 from ..grad_mode import enable_grad, is_grad_enabled
 from ..tensor import Tensor, _wrap, partial_grad
@@ -39,12 +39,11 @@ def _channel_mix(band, a):
     n, c = a.shape[:2]
     last = xp.moveaxis(a, 1, -1)  # (N, ..., C)
     if last.flags.c_contiguous:
-        out = xp.matmul(last.reshape(-1, c), band.T).reshape(last.shape)
+        out = array_matmul(last.reshape(-1, c), band.T).reshape(last.shape)
         out = xp.moveaxis(out, -1, 1)  # same storage order as a
     else:
-        out = xp.matmul(band, a.reshape(n, c, -1)).reshape(a.shape)
-    # (ml_dtypes' matmul returns float32 for bfloat16: cast back to keep the dtype)
-    return out.astype(a.dtype, copy=False)
+        out = array_matmul(band, a.reshape(n, c, -1)).reshape(a.shape)
+    return out
 
 
 def _lrn_composite(x, band, scale, beta, k):
