@@ -62,8 +62,15 @@ def test_example_plugin_through_entry_points(swish_installed):
     assert np.abs(w.numpy() - before).max() == pytest.approx(0.1, rel=1e-5)  # Lion moves by lr * sign
 
 
+def _with_swish_on_path(site):
+    """The environment for a `minidl` subprocess that sees the example plugin's dist-info,
+    keeping any PYTHONPATH the suite itself runs under (an uninstalled checkout, say)."""
+    paths = [str(site), str(SWISH_SOURCE)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    return dict(os.environ, PYTHONPATH=os.pathsep.join(paths))
+
+
 def test_cli_plugins_json_shows_builtins_and_example(swish_installed):
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(swish_installed), str(SWISH_SOURCE)]))
+    env = _with_swish_on_path(swish_installed)
     out = subprocess.run([sys.executable, "-m", "minidl.cli", "plugins", "--json"], env=env,
                          capture_output=True, text=True, check=True).stdout
     listing = {p["name"]: p for p in json.loads(out)["plugins"]}
@@ -75,7 +82,7 @@ def test_cli_plugins_json_shows_builtins_and_example(swish_installed):
 
 
 def test_cli_plugins_table(swish_installed):
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(swish_installed), str(SWISH_SOURCE)]))
+    env = _with_swish_on_path(swish_installed)
     out = subprocess.run([sys.executable, "-m", "minidl.cli", "plugins"], env=env, capture_output=True,
                          text=True, check=True).stdout
     assert "swish  [minidl-swish 0.1.0]  active" in out
