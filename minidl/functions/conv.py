@@ -7,8 +7,7 @@ kernel offset. ``im2col``/``col2im`` are the same operations in plain
 (N, C, H, W) layouts, used by the pools. Stride-1 3x3 and 5x5 convolutions
 with enough channels use Winograd's minimal filtering instead, in all three
 passes (:func:`winograd_tile` is the rule; :mod:`.winograd` the algorithm):
-4x and 6.25x fewer multiply-adds, with float32 results within about 1e-5 of
-float64.
+3-6x fewer multiply-adds, with float32 results within about 2e-5 of float64.
 
 The gradient of a convolution is itself made of convolutions, so each piece
 is a Function whose backward uses the others, and double backward works
@@ -32,7 +31,7 @@ from ..backend import get_array_module, scratch
 from ..function import Function
 from ..tensor import Tensor, _wrap
 from .linalg import matmul
-from .winograd import TILE, WinogradPlan
+from .winograd import TILES, WinogradPlan
 
 __all__ = [
     "conv2d", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "conv_output_size", "im2col", "col2im", "Window",
@@ -261,16 +260,31 @@ class ConvGeometry:
 
     def fold_tap_major(self, gcol_t):
         """The same from (G, kh*kw*C/G, N*oh*ow) column gradients: each tap's adds then run along
-        output rows instead of C/G channels (the faster order when C/G is small, as for conv1's 3)."""
+        output rows instead of C/G channels (the faster order when C/G is small, as for conv1's 3).
+
+        With stride s the padded input is folded as s*s phases (rows and columns i, i + s, ...
+        apart), so each tap adds into one phase through unit-stride rows rather than touching
+        every s-th element (2-3x faster for conv1's stride 4); the phases are interleaved at the end.
+        """
         xp = get_array_module(gcol_t)
         win, (n, c, h, w) = self.win, self.x_shape
-        g, cg = self.groups, c // self.groups
-        out = xp.zeros((g, cg, n) + win.padded_hw(h, w, self.oh, self.ow), dtype=gcol_t.dtype)
+        g, cg, sy, sx = self.groups, c // self.groups, win.sy, win.sx
+        hp, wp = win.padded_hw(h, w, self.oh, self.ow)
+        phases = xp.zeros((sy, sx, g, cg, n, -(-hp // sy), -(-wp // sx)), dtype=gcol_t.dtype)
         cols = gcol_t.reshape(g, win.kh * win.kw, cg, n, self.oh, self.ow)
-        for k, tap in win.taps(self.oh, self.ow):
-            out[(slice(None),) * 3 + tap] += cols[:, k]
-        out = out[:, :, :, win.ph:win.ph + h, win.pw:win.pw + w].transpose(2, 3, 4, 0, 1)  # (N, H, W, G, C/G)
-        return xp.ascontiguousarray(out).reshape(n, h, w, c).transpose(0, 3, 1, 2)
+        taps = [(divmod(i * win.dy, sy), divmod(j * win.dx, sx), i * win.kw + j)
+                for i in range(win.kh) for j in range(win.kw)]
+        for (qi, a), (qj, b), k in sorted(taps, key=lambda tap: (tap[0][1], tap[1][1])):  # phase by phase
+            phases[a, b, :, :, :, qi:qi + self.oh, qj:qj + self.ow] += cols[:, k]
+        gx = xp.empty((n, h, w, g, cg), dtype=gcol_t.dtype)  # channels-last
+        for a in range(sy):
+            top = (a - win.ph) % sy  # first unpadded row in phase a, and its index in the phase
+            rows, q = len(range(top, h, sy)), (top + win.ph) // sy
+            for b in range(sx):
+                left = (b - win.pw) % sx
+                cols_, p = len(range(left, w, sx)), (left + win.pw) // sx
+                gx[:, top::sy, left::sx] = phases[a, b, :, :, :, q:q + rows, p:p + cols_].transpose(2, 3, 4, 0, 1)
+        return gx.reshape(n, h, w, c).transpose(0, 3, 1, 2)
 
 
 def _per_group(xp, a, b, out, transpose_a=False, transpose_b=False):
@@ -280,22 +294,30 @@ def _per_group(xp, a, b, out, transpose_a=False, transpose_b=False):
     return out
 
 
+WINOGRAD_MIN_CHANNELS = 32  # per group, in and out
+
+
 def winograd_tile(x_shape, w_shape, win: Window, groups: int, dtype) -> int:
     """The output tile m of the Winograd algorithm for this convolution, or 0 for im2col + GEMM.
 
     Winograd F(m x m, r x r) (see :mod:`minidl.functions.winograd`) is used when all hold:
-    float32 or float64; stride 1 and dilation 1; square kernels with r in TILE (3x3 and 5x5,
-    both with m = 4); at least 16 channels per group in and out (thinner per-point GEMMs do
-    not pay for the transforms); an output of at least m x m. The same rule picks the
-    algorithm of all three passes; the input gradient applies it to the flipped convolution.
+    float32 or float64; stride 1 and dilation 1; square 3x3 or 5x5 kernels (r in TILES); at
+    least 32 channels per group in and out (thinner per-point GEMMs do not pay for the
+    transforms: alexnet-mini's 16-channel 5x5 was 15 % slower); an output of at least 2x2.
+    m is the tile in TILES[r] with the fewest multiplies, (m + r - 1)**2 per tile times the
+    tiles covering the output (the smaller m on a tie): 5 for 13x13 outputs of 3x3 kernels,
+    4 for 27x27 outputs of 5x5 kernels, 3 for 6x6 outputs of 3x3 kernels. The same rule picks
+    the algorithm of all three passes; the input gradient applies it to the flipped convolution.
     """
     o, cg, kh, kw = w_shape
-    m = TILE.get(kh, 0) if kh == kw else 0
-    if (not m or numpy.dtype(dtype) not in (numpy.float32, numpy.float64)
-            or (win.sy, win.sx, win.dy, win.dx) != (1, 1, 1, 1) or min(cg, o // groups) < 16):
+    tiles = TILES.get(kh, ()) if kh == kw else ()
+    if (not tiles or numpy.dtype(dtype) not in (numpy.float32, numpy.float64)
+            or (win.sy, win.sx, win.dy, win.dx) != (1, 1, 1, 1) or min(cg, o // groups) < WINOGRAD_MIN_CHANNELS):
         return 0
     oh, ow = win.output_hw(*x_shape[2:])
-    return m if min(oh, ow) >= m else 0
+    if min(oh, ow) < 2:
+        return 0
+    return min(tiles, key=lambda m: ((m + kh - 1) ** 2 * -(-oh // m) * -(-ow // m), m))
 
 
 def _winograd_plan(x_shape, w_shape, win: Window, groups: int, dtype):
