@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy
 
-from ..backend import get_array_module, scratch
+from ..backend import get_array_module, host_blocks, scratch
 from ..function import Function
 from ..tensor import Tensor, _wrap
 from .linalg import matmul
@@ -522,13 +522,14 @@ def _from_storage(flat, shape, channels_last: bool):
     return flat.reshape(n, h, w, c).transpose(0, 3, 1, 2) if channels_last else flat.reshape(shape)
 
 
-def _window_sources(win: Window, padded_shape, channels_last: bool, winner):
+def _window_sources(win: Window, padded_shape, channels_last: bool, winner, first_image: int = 0):
     """Flat storage index, into the padded input, of the element that won each window (winner: its tap k).
 
-    Returned flat, in the storage order of the output.
+    Returned flat, in the storage order of the output; winner may be a block of images from ``first_image`` on.
     """
     xp = get_array_module(winner)
-    n, c, hp, wp = padded_shape
+    _, c, hp, wp = padded_shape
+    n = winner.shape[0]
     sn, sc, sh, sw = (hp * wp * c, 1, wp * c, c) if channels_last else (c * hp * wp, hp * wp, wp, 1)
     oh, ow = winner.shape[2:]
     offsets = xp.asarray([i * win.dy * sh + j * win.dx * sw for i in range(win.kh) for j in range(win.kw)],
@@ -541,7 +542,7 @@ def _window_sources(win: Window, padded_shape, channels_last: bool, winner):
     else:
         origin = channels[:, None, None] + rows + cols  # (C, oh, ow)
     source = offsets[_storage_flat(winner, channels_last)].reshape((n,) + origin.shape)
-    source += xp.arange(n, dtype=numpy.int64)[:, None, None, None] * sn
+    source += xp.arange(first_image, first_image + n, dtype=numpy.int64)[:, None, None, None] * sn
     source += origin
     return source.reshape(-1)
 
@@ -552,7 +553,8 @@ class MaxPool2d(Function):
     Works in whatever storage order x has (channels-last storage makes each
     view runs of C contiguous values) and remembers where the first maximum
     of each window was (as PyTorch) for the backward, as a flat index into
-    the (padded) input's storage.
+    the (padded) input's storage. Runs a few images at a time, so that the
+    maxima, comparisons and counts find their block in cache.
     """
 
     def __init__(self, win: Window, ceil_mode: bool):
@@ -568,19 +570,29 @@ class MaxPool2d(Function):
         if not (self.channels_last or x.flags.c_contiguous):
             x = xp.ascontiguousarray(x)  # flat indices need one of the two storage orders
         padded = _padded_like(x, self.win, oh, ow, low)
-        taps = [padded[:, :, rows, cols] for _, (rows, cols) in self.win.taps(oh, ow)]
         best = empty_nchw(xp, (n, c, oh, ow), x.dtype, self.channels_last)
-        best[...] = taps[0]
-        for view in taps[1:]:
-            xp.maximum(best, view, out=best)
-        # which offset won: the first one equal to the maximum, i.e. the number of leading taps that are not
-        behind = taps[0] != best
-        winner = behind.astype(numpy.int8 if len(taps) < 128 else numpy.int32)
-        differs = xp.empty_like(behind)
-        for view in taps[1:-1]:
-            behind &= xp.not_equal(view, best, out=differs)
-            winner += behind
-        self.source = _window_sources(self.win, padded.shape, self.channels_last, winner)
+        self.source = xp.empty(best.size, dtype=numpy.int64)  # in the output's storage order
+        per_image = c * oh * ow
+        taps = [tap for _, tap in self.win.taps(oh, ow)]
+
+        def block(a, b):  # images a:b
+            views = [padded[a:b, :, rows, cols] for rows, cols in taps]
+            out = best[a:b]
+            out[...] = views[0]
+            for view in views[1:]:
+                xp.maximum(out, view, out=out)
+            # which offset won: the first one equal to the maximum, i.e. the number of leading taps that are not
+            behind = views[0] != out
+            winner = behind.astype(numpy.int8 if len(views) < 128 else numpy.int32)
+            differs = xp.empty_like(behind)
+            for view in views[1:-1]:
+                behind &= xp.not_equal(view, out, out=differs)
+                winner += behind
+            self.source[a * per_image:b * per_image] = _window_sources(
+                self.win, padded.shape, self.channels_last, winner, first_image=a)
+
+        for a, b in host_blocks(xp, n, best.size * len(taps)):  # a few images at a time, in cache
+            block(a, b)
         self.padded_shape = padded.shape
         return best
 
