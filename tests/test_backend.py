@@ -69,3 +69,13 @@ def test_to_with_dtype():
     assert y.dtype == np.float64
     y.sum().backward()
     assert x.grad.dtype == np.float32
+
+
+@pytest.mark.parametrize("rows, elements, block, expected", [
+    (32, 32 * 290_400, 1 << 18, [(i, i + 1) for i in range(32)]),  # AlexNet's LRN1: an image per block
+    (32, 32 * 1000, 1 << 18, [(0, 32)]),  # small: one block
+    (10, 10 * 300, 900, [(0, 3), (3, 6), (6, 9), (9, 10)]),
+    (0, 0, 1 << 18, []),
+])
+def test_host_blocks_cover_the_rows_in_order(rows, elements, block, expected):
+    assert backend.host_blocks(np, rows, elements, block) == expected

@@ -4,7 +4,10 @@ A convolution copies every receptive field into a column through a strided
 view (no Python loop over pixels or images) and is then one GEMM per group
 (:class:`ConvGeometry`); folding column gradients back is one strided add per
 kernel offset. ``im2col``/``col2im`` are the same operations in plain
-(N, C, H, W) layouts, used by the pools.
+(N, C, H, W) layouts, used by the pools. Stride-1 3x3 and 5x5 convolutions
+with enough channels use Winograd's minimal filtering instead, in all three
+passes (:func:`winograd_tile` is the rule; :mod:`.winograd` the algorithm):
+3-6x fewer multiply-adds, with float32 results within about 2e-5 of float64.
 
 The gradient of a convolution is itself made of convolutions, so each piece
 is a Function whose backward uses the others, and double backward works
@@ -24,10 +27,11 @@ from dataclasses import dataclass
 
 import numpy
 
-from ..backend import array_matmul, get_array_module, scratch
+from ..backend import array_matmul, get_array_module, host_blocks, scratch
 from ..function import Function
 from ..tensor import Tensor, _wrap
 from .linalg import matmul
+from .winograd import TILES, WinogradPlan
 
 __all__ = [
     "conv2d", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "conv_output_size", "im2col", "col2im", "Window",
@@ -256,16 +260,31 @@ class ConvGeometry:
 
     def fold_tap_major(self, gcol_t):
         """The same from (G, kh*kw*C/G, N*oh*ow) column gradients: each tap's adds then run along
-        output rows instead of C/G channels (the faster order when C/G is small, as for conv1's 3)."""
+        output rows instead of C/G channels (the faster order when C/G is small, as for conv1's 3).
+
+        With stride s the padded input is folded as s*s phases (rows and columns i, i + s, ...
+        apart), so each tap adds into one phase through unit-stride rows rather than touching
+        every s-th element (2-3x faster for conv1's stride 4); the phases are interleaved at the end.
+        """
         xp = get_array_module(gcol_t)
         win, (n, c, h, w) = self.win, self.x_shape
-        g, cg = self.groups, c // self.groups
-        out = xp.zeros((g, cg, n) + win.padded_hw(h, w, self.oh, self.ow), dtype=gcol_t.dtype)
+        g, cg, sy, sx = self.groups, c // self.groups, win.sy, win.sx
+        hp, wp = win.padded_hw(h, w, self.oh, self.ow)
+        phases = xp.zeros((sy, sx, g, cg, n, -(-hp // sy), -(-wp // sx)), dtype=gcol_t.dtype)
         cols = gcol_t.reshape(g, win.kh * win.kw, cg, n, self.oh, self.ow)
-        for k, tap in win.taps(self.oh, self.ow):
-            out[(slice(None),) * 3 + tap] += cols[:, k]
-        out = out[:, :, :, win.ph:win.ph + h, win.pw:win.pw + w].transpose(2, 3, 4, 0, 1)  # (N, H, W, G, C/G)
-        return xp.ascontiguousarray(out).reshape(n, h, w, c).transpose(0, 3, 1, 2)
+        taps = [(divmod(i * win.dy, sy), divmod(j * win.dx, sx), i * win.kw + j)
+                for i in range(win.kh) for j in range(win.kw)]
+        for (qi, a), (qj, b), k in sorted(taps, key=lambda tap: (tap[0][1], tap[1][1])):  # phase by phase
+            phases[a, b, :, :, :, qi:qi + self.oh, qj:qj + self.ow] += cols[:, k]
+        gx = xp.empty((n, h, w, g, cg), dtype=gcol_t.dtype)  # channels-last
+        for a in range(sy):
+            top = (a - win.ph) % sy  # first unpadded row in phase a, and its index in the phase
+            rows, q = len(range(top, h, sy)), (top + win.ph) // sy
+            for b in range(sx):
+                left = (b - win.pw) % sx
+                cols_, p = len(range(left, w, sx)), (left + win.pw) // sx
+                gx[:, top::sy, left::sx] = phases[a, b, :, :, :, q:q + rows, p:p + cols_].transpose(2, 3, 4, 0, 1)
+        return gx.reshape(n, h, w, c).transpose(0, 3, 1, 2)
 
 
 def _per_group(xp, a, b, out, transpose_a=False, transpose_b=False):
@@ -275,20 +294,61 @@ def _per_group(xp, a, b, out, transpose_a=False, transpose_b=False):
     return out
 
 
+WINOGRAD_MIN_CHANNELS = 32  # per group, in and out
+
+
+def winograd_tile(x_shape, w_shape, win: Window, groups: int, dtype) -> int:
+    """The output tile m of the Winograd algorithm for this convolution, or 0 for im2col + GEMM.
+
+    Winograd F(m x m, r x r) (see :mod:`minidl.functions.winograd`) is used when all hold:
+    float32 or float64; stride 1 and dilation 1; square 3x3 or 5x5 kernels (r in TILES); at
+    least 32 channels per group in and out (thinner per-point GEMMs do not pay for the
+    transforms: alexnet-mini's 16-channel 5x5 was 15 % slower); an output of at least 2x2.
+    m is the tile in TILES[r] with the fewest multiplies, (m + r - 1)**2 per tile times the
+    tiles covering the output (the smaller m on a tie): 5 for 13x13 outputs of 3x3 kernels,
+    4 for 27x27 outputs of 5x5 kernels, 3 for 6x6 outputs of 3x3 kernels. The same rule picks
+    the algorithm of all three passes; the input gradient applies it to the flipped convolution.
+    """
+    o, cg, kh, kw = w_shape
+    tiles = TILES.get(kh, ()) if kh == kw else ()
+    if (not tiles or numpy.dtype(dtype) not in (numpy.float32, numpy.float64)
+            or (win.sy, win.sx, win.dy, win.dx) != (1, 1, 1, 1) or min(cg, o // groups) < WINOGRAD_MIN_CHANNELS):
+        return 0
+    oh, ow = win.output_hw(*x_shape[2:])
+    if min(oh, ow) < 2:
+        return 0
+    return min(tiles, key=lambda m: ((m + kh - 1) ** 2 * -(-oh // m) * -(-ow // m), m))
+
+
+def _winograd_plan(x_shape, w_shape, win: Window, groups: int, dtype):
+    m = winograd_tile(x_shape, w_shape, win, groups, dtype)
+    return WinogradPlan(x_shape, win.kh, (win.ph, win.pw), groups, m, dtype) if m else None
+
+
 def _conv_forward(x, W, geo: ConvGeometry):
+    """y and what the weight gradient reuses: (y, plan, saved) with saved = transformed input tiles
+    under a Winograd plan, else the im2col columns (plan None)."""
     xp = get_array_module(x, W)
+    plan = _winograd_plan(x.shape, W.shape, geo.win, geo.groups, xp.result_type(x, W))
+    if plan is not None:
+        v = plan.input_tiles(x)
+        products = plan.products(v, plan.kernels(W))
+        y = plan.output(products)
+        scratch.release(products)
+        return y, plan, v
     col = geo.columns(x)
     y = geo.empty_output(W.shape[0], xp.result_type(x, W), xp)  # (N*oh*ow, G, O/G)
     _per_group(xp, col, geo.weight_matrix(W), y.transpose(1, 0, 2), transpose_b=True)
-    return geo.output(y), col
+    return geo.output(y), None, col
 
 
 def _conv_grad_input(gy, W, geo: ConvGeometry):
     """The transposed convolution, by whichever of three equivalent routes moves the least memory.
 
-    Stride 1 with at most twice as many output as input channels (per group):
-    a convolution of gy with the flipped, transposed kernels (its im2col is at
-    most twice the forward's). Otherwise one GEMM to column gradients and a
+    Stride 1 with a Winograd plan for the flipped convolution, or with at most
+    twice as many output as input channels (per group): a convolution of gy
+    with the flipped, transposed kernels (its im2col is at most twice the
+    forward's). Otherwise one GEMM to column gradients and a
     fold, tap by tap along output rows when channels per group are few (conv1's
     3) or the flipped convolution's columns would be large (AlexNet conv2's
     64 -> 192), along channels otherwise.
@@ -299,12 +359,13 @@ def _conv_grad_input(gy, W, geo: ConvGeometry):
     g = geo.groups
     flipped_padding = (win.dy * (kh - 1) - win.ph, win.dx * (kw - 1) - win.pw)
     stride_1 = win.sy == win.sx == 1 and min(flipped_padding) >= 0
-    if stride_1 and o // g <= 2 * cg:
+    back = Window(kh, kw, 1, 1, flipped_padding[0], flipped_padding[1], win.dy, win.dx)
+    if stride_1 and (o // g <= 2 * cg or winograd_tile(gy.shape, (g * cg, o // g, kh, kw), back, g,
+                                                       xp.result_type(gy, W))):
         W_t = W.reshape(g, o // g, cg, kh, kw)[:, :, :, ::-1, ::-1].transpose(0, 2, 1, 3, 4).reshape(g * cg, o // g,
                                                                                                        kh, kw)
-        back = Window(kh, kw, 1, 1, flipped_padding[0], flipped_padding[1], win.dy, win.dx)
-        gx, col = _conv_forward(gy, W_t, ConvGeometry(gy.shape, back, g))
-        scratch.release(col)
+        gx, _, saved = _conv_forward(gy, W_t, ConvGeometry(gy.shape, back, g))
+        scratch.release(saved)
         return gx
     wm, gym = geo.weight_matrix(W), geo.gy_matrix(gy)  # (G, O/G, kh*kw*C/G), (G, N*oh*ow, O/G)
     dtype = xp.result_type(gy, W)
@@ -320,8 +381,14 @@ def _conv_grad_input(gy, W, geo: ConvGeometry):
     return gx
 
 
-def _conv_grad_weight(gy, geo: ConvGeometry, w_shape, col):
+def _conv_grad_weight(gy, geo: ConvGeometry, w_shape, col, plan=None):
+    """The weight gradient from gy and the forward's im2col columns, or its Winograd input tiles under ``plan``."""
     xp = get_array_module(gy)
+    if plan is not None:
+        dm = plan.output_grad_tiles(gy)
+        gW = plan.kernel_grad(col, dm, w_shape)
+        scratch.release(dm)
+        return gW
     g, o = geo.groups, w_shape[0]
     gWm = xp.empty((g, o // g, col.shape[2]), dtype=xp.result_type(gy, col))
     _per_group(xp, geo.gy_matrix(gy), col, gWm, transpose_a=True)  # (G, O/G, kh*kw*C/G)
@@ -332,10 +399,11 @@ class Conv2d(Function):
     def __init__(self, win: Window, groups: int):
         self.win = win
         self.groups = groups
-        self.col = None
+        self.col = self.plan = None
 
     def forward(self, x, W, b=None):
-        y, self.col = _conv_forward(x, W, ConvGeometry(x.shape, self.win, self.groups))  # col: for the weight grad
+        # col (im2col columns, or Winograd input tiles under plan): kept for the weight gradient
+        y, self.plan, self.col = _conv_forward(x, W, ConvGeometry(x.shape, self.win, self.groups))
         if b is not None:
             y += b.reshape(1, -1, 1, 1)
         return y
@@ -343,14 +411,14 @@ class Conv2d(Function):
     def backward(self, gy):
         x, W = self.inputs[:2]
         gx = Conv2dGradInput(self.win, self.groups, x.shape)(gy, W) if x.requires_grad else None
-        gW = Conv2dGradWeight(self.win, self.groups, W.shape, self.col)(x, gy) if W.requires_grad else None
+        gW = Conv2dGradWeight(self.win, self.groups, W.shape, self.col, self.plan)(x, gy) if W.requires_grad else None
         if len(self.inputs) == 2:
             return gx, gW
         return gx, gW, gy.sum(axis=(0, 2, 3))
 
     def release(self):
         scratch.release(self.col)  # the graph is freed: nothing else holds the columns
-        self.col = None
+        self.col = self.plan = None
 
 
 class Conv2dGradInput(Function):
@@ -374,19 +442,21 @@ class Conv2dGradInput(Function):
 class Conv2dGradWeight(Function):
     """gW = conv2d_grad_weight(x, gy): correlation of the input with the output gradient."""
 
-    def __init__(self, win: Window, groups: int, w_shape, col=None):
+    def __init__(self, win: Window, groups: int, w_shape, col=None, plan=None):
         self.win = win
         self.groups = groups
         self.w_shape = w_shape
-        self.col = col
+        self.col, self.plan = col, plan  # the forward's columns or Winograd input tiles (plan), if kept
 
     def forward(self, x, gy):
         geo = ConvGeometry(x.shape, self.win, self.groups)
-        col, self.col = self.col, None
+        col, plan, self.col = self.col, self.plan, None
         owned = col is None  # computed here, so it can be recycled here
         if owned:
-            col = geo.columns(x)
-        gW = _conv_grad_weight(gy, geo, self.w_shape, col)
+            xp = get_array_module(x, gy)
+            plan = _winograd_plan(x.shape, self.w_shape, self.win, self.groups, xp.result_type(x, gy))
+            col = plan.input_tiles(x) if plan is not None else geo.columns(x)
+        gW = _conv_grad_weight(gy, geo, self.w_shape, col, plan)
         if owned:
             scratch.release(col)
         return gW
@@ -452,13 +522,14 @@ def _from_storage(flat, shape, channels_last: bool):
     return flat.reshape(n, h, w, c).transpose(0, 3, 1, 2) if channels_last else flat.reshape(shape)
 
 
-def _window_sources(win: Window, padded_shape, channels_last: bool, winner):
+def _window_sources(win: Window, padded_shape, channels_last: bool, winner, first_image: int = 0):
     """Flat storage index, into the padded input, of the element that won each window (winner: its tap k).
 
-    Returned flat, in the storage order of the output.
+    Returned flat, in the storage order of the output; winner may be a block of images from ``first_image`` on.
     """
     xp = get_array_module(winner)
-    n, c, hp, wp = padded_shape
+    _, c, hp, wp = padded_shape
+    n = winner.shape[0]
     sn, sc, sh, sw = (hp * wp * c, 1, wp * c, c) if channels_last else (c * hp * wp, hp * wp, wp, 1)
     oh, ow = winner.shape[2:]
     offsets = xp.asarray([i * win.dy * sh + j * win.dx * sw for i in range(win.kh) for j in range(win.kw)],
@@ -471,7 +542,7 @@ def _window_sources(win: Window, padded_shape, channels_last: bool, winner):
     else:
         origin = channels[:, None, None] + rows + cols  # (C, oh, ow)
     source = offsets[_storage_flat(winner, channels_last)].reshape((n,) + origin.shape)
-    source += xp.arange(n, dtype=numpy.int64)[:, None, None, None] * sn
+    source += xp.arange(first_image, first_image + n, dtype=numpy.int64)[:, None, None, None] * sn
     source += origin
     return source.reshape(-1)
 
@@ -482,7 +553,8 @@ class MaxPool2d(Function):
     Works in whatever storage order x has (channels-last storage makes each
     view runs of C contiguous values) and remembers where the first maximum
     of each window was (as PyTorch) for the backward, as a flat index into
-    the (padded) input's storage.
+    the (padded) input's storage. Runs a few images at a time, so that the
+    maxima, comparisons and counts find their block in cache.
     """
 
     def __init__(self, win: Window, ceil_mode: bool):
@@ -498,19 +570,29 @@ class MaxPool2d(Function):
         if not (self.channels_last or x.flags.c_contiguous):
             x = xp.ascontiguousarray(x)  # flat indices need one of the two storage orders
         padded = _padded_like(x, self.win, oh, ow, low)
-        taps = [padded[:, :, rows, cols] for _, (rows, cols) in self.win.taps(oh, ow)]
         best = empty_nchw(xp, (n, c, oh, ow), x.dtype, self.channels_last)
-        best[...] = taps[0]
-        for view in taps[1:]:
-            xp.maximum(best, view, out=best)
-        # which offset won: the first one equal to the maximum, i.e. the number of leading taps that are not
-        behind = taps[0] != best
-        winner = behind.astype(numpy.int8 if len(taps) < 128 else numpy.int32)
-        differs = xp.empty_like(behind)
-        for view in taps[1:-1]:
-            behind &= xp.not_equal(view, best, out=differs)
-            winner += behind
-        self.source = _window_sources(self.win, padded.shape, self.channels_last, winner)
+        self.source = xp.empty(best.size, dtype=numpy.int64)  # in the output's storage order
+        per_image = c * oh * ow
+        taps = [tap for _, tap in self.win.taps(oh, ow)]
+
+        def block(a, b):  # images a:b
+            views = [padded[a:b, :, rows, cols] for rows, cols in taps]
+            out = best[a:b]
+            out[...] = views[0]
+            for view in views[1:]:
+                xp.maximum(out, view, out=out)
+            # which offset won: the first one equal to the maximum, i.e. the number of leading taps that are not
+            behind = views[0] != out
+            winner = behind.astype(numpy.int8 if len(views) < 128 else numpy.int32)
+            differs = xp.empty_like(behind)
+            for view in views[1:-1]:
+                behind &= xp.not_equal(view, out, out=differs)
+                winner += behind
+            self.source[a * per_image:b * per_image] = _window_sources(
+                self.win, padded.shape, self.channels_last, winner, first_image=a)
+
+        for a, b in host_blocks(xp, n, best.size * len(taps)):  # a few images at a time, in cache
+            block(a, b)
         self.padded_shape = padded.shape
         return best
 

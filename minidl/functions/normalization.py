@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy
 
-from ..backend import array_matmul, get_array_module
+from ..backend import get_array_module, host_blocks
 from ..function import Function
 from ..grad_mode import enable_grad, is_grad_enabled
 from ..tensor import Tensor, _wrap, partial_grad
@@ -28,22 +28,60 @@ def _channel_band(channels: int, size: int, dtype, xp):
     return xp.asarray(band.astype(dtype))
 
 
-def _channel_mix(band, a):
-    """band @ a over axis 1 of a (N, C, ...): out[:, i] = sum_j band[i, j] * a[:, j].
+def _window_sums(a, before: int, after: int, out, channels_last: bool):
+    """out[:, i] = sum of a[:, i - before .. i + after] over the channels, clipped at the edges.
 
-    One (N*H*W, C) @ (C, C) GEMM when channels are the innermost axis in
-    memory (the channels-last storage convolutions produce), else one small
-    GEMM per image.
+    a and out are C-contiguous blocks in storage order, (N, pixels, C) when
+    ``channels_last`` else (N, C, pixels). before + after shifted adds:
+    cheaper than a (C, C) banded GEMM that multiplies C values to keep
+    ``size`` of them. Channels-last, the adds run over the flat arrays
+    (contiguous; each pixel's edge channels pick up the neighbouring pixel's)
+    and the few edge channels are summed again on their own.
+    """
+    if not channels_last:
+        out[...] = a
+        for d in range(1, before + 1):
+            out[:, d:] += a[:, :-d]
+        for d in range(1, after + 1):
+            out[:, :-d] += a[:, d:]
+        return out
+    c = a.shape[-1]
+    flat, total = a.reshape(-1), out.reshape(-1)
+    if before:  # the first add writes the sum (all but its first element), saving a copy
+        get_array_module(a).add(flat[1:], flat[:-1], out=total[1:])
+        total[:1] = flat[:1]
+    else:
+        total[...] = flat
+    for d in range(2, before + 1):
+        total[d:] += flat[:-d]
+    for d in range(1, after + 1):
+        total[:-d] += flat[d:]
+    for j in sorted(set(range(min(before, c))) | set(range(max(c - after, 0), c))):
+        first, stop = max(0, j - before), min(c, j + after + 1)
+        column = out[..., j]
+        column[...] = a[..., first]
+        for i in range(first + 1, stop):
+            column += a[..., i]
+    return out
+
+
+def _storage_view(a, channels_last: bool):
+    """(N, C, ...) -> its storage order as three axes: (N, pixels, C) if ``channels_last`` else (N, C, pixels).
+
+    A view when ``a`` is stored so, else a copy.
     """
     xp = get_array_module(a)
     n, c = a.shape[:2]
-    last = xp.moveaxis(a, 1, -1)  # (N, ..., C)
-    if last.flags.c_contiguous:
-        out = array_matmul(last.reshape(-1, c), band.T).reshape(last.shape)
-        out = xp.moveaxis(out, -1, 1)  # same storage order as a
-    else:
-        out = array_matmul(band, a.reshape(n, c, -1)).reshape(a.shape)
-    return out
+    if channels_last:
+        return xp.moveaxis(a, 1, -1).reshape(n, -1, c)
+    return a.reshape(n, c, -1)
+
+
+def _from_storage_view(a, shape, channels_last: bool):
+    xp = get_array_module(a)
+    if channels_last:
+        return xp.moveaxis(a.reshape((shape[0],) + tuple(shape[2:]) + (shape[1],)), -1, 1)
+    return a.reshape(shape)
 
 
 def _lrn_composite(x, band, scale, beta, k):
@@ -57,6 +95,8 @@ def _lrn_composite(x, band, scale, beta, k):
 class LocalResponseNorm(Function):
     """LRN with a fused forward and first-order backward (a few array passes instead of a dozen ops).
 
+    Both run image block by image block, each block's passes while it is in
+    cache (:func:`minidl.backend.host_blocks`), in the input's storage order.
     Second and higher derivatives come from differentiating the composite
     :func:`_lrn_composite`, so there is one definition of the maths.
     """
@@ -66,14 +106,24 @@ class LocalResponseNorm(Function):
 
     def forward(self, x):
         xp = get_array_module(x)
-        self.band = _channel_band(x.shape[1], self.size, x.dtype, xp)
-        squares = x * x
-        sums = _channel_mix(self.band * x.dtype.type(self.scale), squares)  # scale * window sums
-        sums += x.dtype.type(self.k)
-        self.denominator = sums  # k + scale * window sum
-        self.factor = xp.power(sums, x.dtype.type(-self.beta), out=squares)  # (reuses the squares' buffer)
-        self.y = x * self.factor
-        return self.y
+        scale, k, power = (x.dtype.type(v) for v in (self.scale, self.k, -self.beta))
+        self.channels_last = x.ndim > 2 and xp.moveaxis(x, 1, -1).flags.c_contiguous
+        xs = xp.ascontiguousarray(_storage_view(x, self.channels_last))
+        d, f, y = xp.empty_like(xs), xp.empty_like(xs), xp.empty_like(xs)
+        before, after = self.size // 2, (self.size - 1) // 2
+
+        def block(a, b):
+            xp.multiply(xs[a:b], xs[a:b], out=f[a:b])  # squares (f's buffer until the end)
+            _window_sums(f[a:b], before, after, d[a:b], self.channels_last)
+            d[a:b] *= scale
+            d[a:b] += k  # k + scale * window sum
+            xp.power(d[a:b], power, out=f[a:b])
+            xp.multiply(xs[a:b], f[a:b], out=y[a:b])
+
+        for a, b in host_blocks(xp, len(x), x.size):
+            block(a, b)
+        self.denominator, self.factor, self.y = d, f, y  # (in storage order)
+        return _from_storage_view(y, x.shape, self.channels_last)
 
     def backward(self, gy):
         return LocalResponseNormGrad(self)(self.inputs[0], gy)
@@ -87,16 +137,27 @@ class LocalResponseNormGrad(Function):
 
     def __init__(self, lrn: LocalResponseNorm):
         self.lrn = lrn
-        self.denominator, self.factor, self.band, self.y = lrn.denominator, lrn.factor, lrn.band, lrn.y
+        self.denominator, self.factor, self.y = lrn.denominator, lrn.factor, lrn.y
 
     def forward(self, x, gy):
         xp = get_array_module(x, gy)
-        t = gy * self.y  # gy * x * d^-beta (y is the forward's output)
-        t /= self.denominator
-        back = _channel_mix(self.band.T * x.dtype.type(-2.0 * self.lrn.scale * self.lrn.beta), t)
-        back *= x
-        back += xp.multiply(gy, self.factor, out=t)
-        return back
+        lrn = self.lrn
+        y, d, f, size, layout = self.y, self.denominator, self.factor, lrn.size, lrn.channels_last
+        coef = x.dtype.type(-2.0 * lrn.scale * lrn.beta)
+        xs, gys = (xp.ascontiguousarray(_storage_view(a, layout)) for a in (x, gy))  # (copies only if stored otherwise)
+        t, gx = xp.empty_like(y), xp.empty_like(y)
+
+        def block(a, b):
+            xp.multiply(gys[a:b], y[a:b], out=t[a:b])  # gy * x * d^-beta (y is the forward's output)
+            t[a:b] /= d[a:b]
+            _window_sums(t[a:b], (size - 1) // 2, size // 2, gx[a:b], layout)  # band^T: the window mirrored
+            gx[a:b] *= xs[a:b]
+            gx[a:b] *= coef
+            gx[a:b] += xp.multiply(gys[a:b], f[a:b], out=t[a:b])
+
+        for a, b in host_blocks(xp, len(x), x.size):
+            block(a, b)
+        return _from_storage_view(gx, x.shape, layout)
 
     def backward(self, ggx):
         # Inputs keep their graph only when this backward is itself recorded (create_graph);
@@ -105,7 +166,8 @@ class LocalResponseNormGrad(Function):
         x, gy = (t if recording and t.requires_grad else t.detach().requires_grad_() for t in self.inputs)
         lrn = self.lrn
         with enable_grad():
-            y = _lrn_composite(x, _wrap(self.band, x.device), lrn.scale, lrn.beta, lrn.k)
+            band = _channel_band(x.shape[1], lrn.size, x.dtype, x.device.xp)
+            y = _lrn_composite(x, _wrap(band, x.device), lrn.scale, lrn.beta, lrn.k)
             (gx,) = partial_grad((y,), (x,), (gy,))
             return partial_grad((gx,), (x, gy), (ggx,))
 
@@ -122,7 +184,7 @@ def local_response_norm(x, size: int = 5, alpha: float = 1e-4, beta: float = 0.7
     - ``convention="pytorch"`` (also Caffe's): s = alpha / size.
 
     The AlexNet paper's values are size=5, alpha=1e-4, beta=0.75, k=2 with
-    the paper's convention. The channel sum is one banded (C, C) matmul.
+    the paper's convention. The channel sum is a few shifted adds.
     """
     if convention not in LRN_CONVENTIONS:
         raise ValueError(f"local_response_norm: convention must be one of {LRN_CONVENTIONS}, got {convention!r}")

@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 
 import minidl as mdl
 import minidl.functions as F
-from minidl.functions.conv import Window, col2im, im2col
+from minidl.functions import conv, winograd
+from minidl.functions.conv import Window, col2im, im2col, winograd_tile
 from minidl.testing import strategies as mst
 
 from ._opcheck import (  # noqa: F401 - reference is a fixture
@@ -244,6 +245,132 @@ def test_conv2d_double_backward_like_torch(device, torch, rng):
 def test_conv2d_dtype_kept(dtype, device, rng):
     x, W, b = fixed_array(rng, (2, 4, 5, 5)), fixed_array(rng, (4, 2, 3, 3)), fixed_array(rng, (4,))
     check_dtype(lambda x, W, b: F.conv2d(x, W, b, padding=1, groups=2), [x, W, b], dtype, device)
+
+
+# ------------------------------------------------------- conv2d: Winograd path
+def _direct_only(monkeypatch):
+    """Every convolution through im2col + GEMM: the rule finds no kernel size with Winograd tiles."""
+    monkeypatch.setattr(conv, "TILES", {})
+
+
+def _conv_results(x, W, b, padding, groups, gy, device):
+    """y, gx, gW, gb of conv2d (stride 1) and the plan the forward chose (None: im2col)."""
+    xs = [mdl.tensor(a, requires_grad=True, device=device) for a in (x, W, b)]
+    y = F.conv2d(*xs, padding=padding, groups=groups)
+    plan = y.creator.plan  # (backward frees it)
+    y.backward(mdl.tensor(gy, device=device))
+    return [y.numpy()] + [t.grad.numpy() for t in xs], plan
+
+
+@pytest.mark.parametrize("m, r", [(2, 3), (3, 3), (4, 3), (5, 3), (2, 5), (3, 5), (4, 5), (3, 2)])
+def test_winograd_transforms_compute_a_correlation(m, r, rng):
+    # 1-D F(m, r): A^T [(G g) * (B^T d)] equals y_i = sum_k d[i + k] g[k], for any d and g
+    at, g, bt = winograd.matrices(m, r)
+    assert at.shape == (m, m + r - 1) and g.shape == (m + r - 1, r) and bt.shape == (m + r - 1, m + r - 1)
+    np.testing.assert_array_equal(bt, np.round(bt))  # integer data transform (rounds least)
+    d, k = rng.standard_normal(m + r - 1), rng.standard_normal(r)
+    np.testing.assert_allclose(at @ ((g @ k) * (bt @ d)), np.correlate(d, k, "valid"), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("x_shape, w_shape, kwargs, m", [
+    ((2, 192, 13, 13), (384, 192, 3, 3), {"padding": 1}, 5),  # AlexNet conv3-5
+    ((2, 96, 27, 27), (256, 48, 5, 5), {"padding": 2, "groups": 2}, 4),  # the paper's conv2
+    ((2, 64, 6, 6), (96, 64, 3, 3), {"padding": 1}, 3),  # alexnet-mini conv3
+    ((2, 32, 27, 27), (32, 32, 3, 3), {"padding": 1}, 4),  # 5 ties with 4: the smaller tile
+    ((2, 32, 3, 3), (32, 32, 3, 3), {"padding": 1}, 3),
+    ((2, 32, 3, 3), (32, 32, 3, 3), {}, 0),  # a 1x1 output
+    ((2, 16, 13, 13), (32, 16, 3, 3), {"padding": 1}, 0),  # too few input channels
+    ((2, 32, 13, 13), (32, 16, 5, 5), {"padding": 2, "groups": 2}, 0),  # alexnet-mini conv2: 16 per group
+    ((2, 32, 13, 13), (32, 32, 3, 3), {"stride": 2}, 0),
+    ((2, 32, 13, 13), (32, 32, 3, 3), {"dilation": 2}, 0),
+    ((2, 32, 13, 13), (32, 32, 7, 7), {}, 0),
+    ((2, 32, 13, 13), (32, 32, 3, 5), {}, 0),
+    ((2, 32, 13, 13), (32, 32, 3, 3), {"dtype": "float16"}, 0),
+])
+def test_winograd_rule(x_shape, w_shape, kwargs, m):
+    groups, dtype = kwargs.pop("groups", 1), kwargs.pop("dtype", "float32")
+    win = Window.make(w_shape[2:], kwargs.get("stride", 1), kwargs.get("padding", 0), kwargs.get("dilation", 1))
+    assert winograd_tile(x_shape, w_shape, win, groups, np.dtype(dtype)) == m
+
+
+@pytest.mark.parametrize("shape, out_channels, k, padding, groups", [
+    ((2, 8, 9, 11), 8, 3, 1, 1),  # outputs 9x11: tiles overhang both edges
+    ((1, 8, 7, 13), 12, 3, 0, 2),  # no padding, groups
+    ((2, 4, 13, 13), 6, 3, 2, 1),
+    ((1, 4, 6, 7), 4, 3, 3, 1),  # padding past the kernel: the input gradient cannot be a flipped convolution
+    ((2, 4, 13, 13), 4, 5, 2, 1),
+    ((2, 8, 10, 9), 12, 5, 1, 2),
+    ((1, 8, 11, 12), 8, 5, 0, 2),
+    ((2, 4, 4, 5), 4, 3, 1, 1),  # a single tile row
+])
+@pytest.mark.parametrize("m", [2, 3, 4, 5])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_winograd_matches_direct(shape, out_channels, k, padding, groups, m, channels_last, device, rng,
+                                 monkeypatch):
+    # float64 forward and all gradients of F(m x m, k x k) against the im2col path
+    if m not in winograd.TILES[k]:
+        pytest.skip(f"no F({m}, {k})")
+    monkeypatch.setattr(conv, "WINOGRAD_MIN_CHANNELS", 1)
+    monkeypatch.setattr(conv, "TILES", {k: (m,)})
+    x = rng.standard_normal(shape)
+    if channels_last:
+        x = _channels_last_copy(x)
+    W = rng.standard_normal((out_channels, shape[1] // groups, k, k))
+    b = rng.standard_normal(out_channels)
+    oh, ow = shape[2] + 2 * padding - k + 1, shape[3] + 2 * padding - k + 1
+    gy = rng.standard_normal((shape[0], out_channels, oh, ow))
+    fast, plan = _conv_results(x, W, b, padding, groups, gy, device)
+    assert plan is not None and plan.m == m
+    _direct_only(monkeypatch)
+    direct, plan = _conv_results(x, W, b, padding, groups, gy, device)
+    assert plan is None
+    for name, a, e in zip(["y", "gx", "gW", "gb"], fast, direct):
+        np.testing.assert_allclose(a, e, rtol=1e-11, atol=1e-11 * np.abs(e).max(), err_msg=name)
+    np.testing.assert_allclose(direct[0], np_conv2d(x, W, b, padding=(padding, padding), groups=groups),
+                               rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("k, padding, groups, size", [(3, 1, 1, 13), (3, 1, 2, 6), (5, 2, 2, 27)])
+def test_winograd_float32_accuracy(k, padding, groups, size, rng):
+    # float32 Winograd (forward and gradients) within 5e-5 of float64, relative to the largest value
+    x = rng.standard_normal((2, 64, size, size))
+    W = rng.standard_normal((64, 64 // groups, k, k)) * 0.05
+    b = rng.standard_normal(64)
+    gy = rng.standard_normal((2, 64, size, size))
+    exact, _ = _conv_results(x, W, b, padding, groups, gy, "cpu")
+    single, plan = _conv_results(*(a.astype(np.float32) for a in (x, W, b)), padding, groups,
+                                 gy.astype(np.float32), "cpu")
+    assert plan is not None
+    for name, a, e in zip(["y", "gx", "gW", "gb"], single, exact):
+        assert a.dtype == np.float32
+        assert np.abs(a - e).max() <= 5e-5 * np.abs(e).max(), name
+
+
+@pytest.mark.parametrize("k", [3, 5])
+def test_winograd_gradcheck(k, device, rng, monkeypatch):
+    # every element of x, W and b against central differences (float64), few channels forced onto Winograd
+    monkeypatch.setattr(conv, "WINOGRAD_MIN_CHANNELS", 1)
+    x = fixed_array(rng, (2, 4, 7, 6))
+    W = fixed_array(rng, (6, 2, k, k))
+    b = fixed_array(rng, (6,))
+    fn = lambda x, W, b: F.conv2d(x, W, b, padding=k // 2, groups=2)  # noqa: E731
+    xs = [mdl.tensor(a, requires_grad=True, device=device) for a in (x, W, b)]
+    assert fn(*xs).creator.plan is not None
+    assert mdl.testing.gradcheck(fn, xs)
+
+
+def test_winograd_gradgradcheck(device, rng, monkeypatch):
+    # the input and weight gradients of a Winograd convolution are themselves differentiable
+    monkeypatch.setattr(conv, "WINOGRAD_MIN_CHANNELS", 1)
+    x, W = fixed_array(rng, (1, 4, 5, 5)), fixed_array(rng, (4, 4, 3, 3))
+
+    def fn(x, W):
+        y = F.conv2d(x, W, padding=1)
+        return y * y
+
+    y = fn(mdl.tensor(x, requires_grad=True), mdl.tensor(W, requires_grad=True))
+    assert y.creator.inputs[0].creator.plan is not None
+    check_gradgrad(fn, [x, W], device)
 
 
 # conv2d errors: ValueError that names the shapes involved

@@ -122,6 +122,31 @@ def test_local_response_norm_alexnet_defaults(device, torch, rng):
     assert not np.allclose(y.numpy(), x / 2.0 ** 0.75, rtol=1e-3)  # the squares do count
 
 
+@pytest.mark.parametrize("size", [1, 2, 4, 5, 9])
+@pytest.mark.parametrize("channels", [1, 3, 8])
+@pytest.mark.parametrize("gy_channels_last", [False, True])
+def test_local_response_norm_channels_last_storage(size, channels, gy_channels_last, device, rng):
+    # channels-last input (as convolutions leave it) sums each window with flat shifted adds and
+    # recomputes the edge channels: values and gradients against the NumPy reference and the
+    # C-contiguous route, whatever the storage of the incoming gradient; the output stays channels-last
+    x = fixed_array(rng, (3, channels, 4, 5)) * 3
+    gy = rng.standard_normal(x.shape)
+    stored = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+    gy_stored = np.ascontiguousarray(gy.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2) if gy_channels_last else gy
+    results = []
+    for a in (x, stored):
+        t = mdl.tensor(a, requires_grad=True, device=device)
+        y = F.local_response_norm(t, size, 0.3, 0.75, 1.5)
+        y.backward(mdl.tensor(gy_stored, device=device))
+        results.append((y, t.grad.numpy()))
+    np.testing.assert_allclose(results[0][0].numpy(), np_lrn(x, size, 0.3, 0.75, 1.5, "paper"), rtol=1e-12)
+    for (y, g), other in zip(results[1:], results[:1]):
+        np.testing.assert_allclose(y.numpy(), other[0].numpy(), rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(g, other[1], rtol=1e-12, atol=1e-14)
+    if channels > 1 and device.startswith("cpu"):
+        assert np.moveaxis(results[1][0].numpy(), 1, -1).flags.c_contiguous
+
+
 @pytest.mark.parametrize("convention", ["paper", "pytorch"])
 @pytest.mark.parametrize("size", [3, 4])
 def test_local_response_norm_gradgradcheck(convention, size, device, rng):
