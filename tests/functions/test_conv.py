@@ -293,7 +293,7 @@ def test_winograd_rule(x_shape, w_shape, kwargs, m):
     assert winograd_tile(x_shape, w_shape, win, groups, np.dtype(dtype)) == m
 
 
-@pytest.mark.parametrize("shape, out_channels, k, padding, groups", [
+_WINOGRAD_SHAPES = [  # shape, out_channels, k, padding, groups
     ((2, 8, 9, 11), 8, 3, 1, 1),  # outputs 9x11: tiles overhang both edges
     ((1, 8, 7, 13), 12, 3, 0, 2),  # no padding, groups
     ((2, 4, 13, 13), 6, 3, 2, 1),
@@ -302,14 +302,15 @@ def test_winograd_rule(x_shape, w_shape, kwargs, m):
     ((2, 8, 10, 9), 12, 5, 1, 2),
     ((1, 8, 11, 12), 8, 5, 0, 2),
     ((2, 4, 4, 5), 4, 3, 1, 1),  # a single tile row
-])
-@pytest.mark.parametrize("m", [2, 3, 4, 5])
+]
+
+
+@pytest.mark.parametrize("shape, out_channels, k, padding, groups, m", [
+    case + (m,) for case in _WINOGRAD_SHAPES for m in winograd.TILES[case[2]]])  # every tile size of each kernel
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_winograd_matches_direct(shape, out_channels, k, padding, groups, m, channels_last, device, rng,
                                  monkeypatch):
     # float64 forward and all gradients of F(m x m, k x k) against the im2col path
-    if m not in winograd.TILES[k]:
-        pytest.skip(f"no F({m}, {k})")
     monkeypatch.setattr(conv, "WINOGRAD_MIN_CHANNELS", 1)
     monkeypatch.setattr(conv, "TILES", {k: (m,)})
     x = rng.standard_normal(shape)
