@@ -145,11 +145,8 @@ class WinogradPlan:
         xp = get_array_module(v, u)
         nn, g, cg, og = u.shape
         out = scratch.empty((nn, self.tiles, g * og), self.dtype, xp)
-        if g == 1:
-            xp.matmul(v, u[:, 0], out=out)
-        else:
-            for k in range(g):
-                xp.matmul(v[:, :, k * cg:(k + 1) * cg], u[:, k], out=out[:, :, k * og:(k + 1) * og])
+        for k in range(g):  # a group is a column block of v and of out (the whole arrays when g == 1)
+            xp.matmul(v[:, :, k * cg:(k + 1) * cg], u[:, k], out=out[:, :, k * og:(k + 1) * og])
         return out
 
     def output(self, mm):
