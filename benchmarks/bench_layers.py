@@ -9,7 +9,11 @@ take (their inputs stored channels-last, as minidl's convolutions leave
 activations in a network, and, for comparison, C-contiguous). Prints times
 and minidl's throughput as a fraction of PyTorch's (>= 1.0 means minidl is
 faster). Goal (issue 3): >= 0.8x on every conv
-shape; pooling + LRN under 15% of the full step.
+shape; pooling + LRN under 15% of the full step. ``--algorithms`` also times
+every convolution algorithm that supports each shape (what the default rule
+in minidl.functions.conv_algorithm is tuned by). Heap tuning is on, as in
+``minidl train`` (``mdl.cpu.tune_heap()``; it applies to the whole process,
+PyTorch included).
 """
 from __future__ import annotations
 
@@ -41,22 +45,22 @@ def timed(fn, repeat):
     return min(times)
 
 
-def conv_case(torch, batch, spec, repeat):
+def conv_case(torch, batch, spec, repeat, algorithm=None):
     name, cin, cout, size, k, s, p = spec
     rng = np.random.default_rng(0)
     x = rng.standard_normal((batch, cin, size, size)).astype(np.float32)
     w = (rng.standard_normal((cout, cin, k, k)) * 0.01).astype(np.float32)
     b = np.zeros(cout, np.float32)
     X, W, B = (mdl.tensor(a, requires_grad=True) for a in (x, w, b))
-    out = F.conv2d(X, W, B, s, p)
+    out = F.conv2d(X, W, B, s, p, algorithm=algorithm)
     G = mdl.tensor(np.ones(out.shape, np.float32))
 
     def ours():
         X.grad = W.grad = B.grad = None
-        F.conv2d(X, W, B, s, p).backward(G)
+        F.conv2d(X, W, B, s, p, algorithm=algorithm).backward(G)
 
-    result = {"minidl": timed(ours, repeat)}
-    if torch is not None:
+    result = {"minidl": timed(ours, repeat), "algorithm": out.creator.algorithm.name}
+    if torch is not None and algorithm is None:
         tx, tw, tb = (torch.tensor(a, requires_grad=True) for a in (x, w, b))
         tg = torch.ones(out.shape)
 
@@ -122,31 +126,49 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--algorithms", action="store_true", help="also time every supporting conv algorithm")
     args = parser.parse_args(argv)
+    mdl.cpu.tune_heap()
     torch = try_import_torch()
     print(f"machine: {machine()}; numpy {np.__version__}; torch {getattr(torch, '__version__', '-')}; "
           f"batch {args.batch}, float32, forward+backward, best of {args.repeat}")
-    print(f"{'layer':8s} {'minidl':>10s} {'torch':>10s} {'throughput vs torch':>20s}")
+    print(f"{'layer':8s} {'minidl':>10s} {'torch':>10s} {'throughput vs torch':>20s}  algorithm")
     total = {"minidl": 0.0, "torch": 0.0}
     for spec in CONVS:
         r = conv_case(torch, args.batch, spec, args.repeat)
         _row(spec[0], r)
-        for k in r:
-            total[k] += r[k]
+        for k in total:
+            total[k] += r.get(k, 0.0)
+        if args.algorithms:
+            for name in _supporting(args.batch, spec):
+                if name != r["algorithm"]:
+                    _row("", conv_case(torch, args.batch, spec, args.repeat, algorithm=name), r)
     r = fc_case(torch, args.batch, args.repeat)
     _row("fc6", r)
-    for k in r:
-        total[k] += r[k]
+    for k in total:
+        total[k] += r.get(k, 0.0)
     for channels_last, stored in ((True, "channels-last, as conv+relu leave them"), (False, "C-contiguous")):
         share = pool_lrn_share(args.batch, args.repeat, channels_last)
         print(f"pool+LRN forward+backward ({stored}): {share * 1e3:.1f} ms = "
               f"{share / (total['minidl'] + share):.1%} of (conv1-5 + fc6 + pool + LRN) in minidl")
 
 
-def _row(name, r):
-    ratio = f"{r['torch'] / r['minidl']:19.2f}x" if "torch" in r else f"{'-':>20s}"
-    torch_ms = f"{r['torch'] * 1e3:8.1f}ms" if "torch" in r else f"{'-':>10s}"
-    print(f"{name:8s} {r['minidl'] * 1e3:8.1f}ms {torch_ms} {ratio}")
+def _supporting(batch, spec):
+    """The registered conv algorithms that compute this layer's convolution."""
+    from minidl.functions import ConvProblem
+    from minidl.functions.conv_algorithm import conv_algorithms
+
+    _, cin, cout, size, k, s, p = spec
+    problem = ConvProblem.make((batch, cin, size, size), (cout, cin, k, k), s, p)
+    return [name for name, a in conv_algorithms().items() if a.unsupported(problem) is None]
+
+
+def _row(name, r, reference=None):
+    """One line; ``reference`` (the default algorithm's result) gives an alternative's ratio to PyTorch."""
+    torch_s = r.get("torch", (reference or {}).get("torch"))
+    ratio = f"{torch_s / r['minidl']:19.2f}x" if torch_s else f"{'-':>20s}"
+    torch_ms = f"{torch_s * 1e3:8.1f}ms" if torch_s else f"{'-':>10s}"
+    print(f"{name:8s} {r['minidl'] * 1e3:8.1f}ms {torch_ms} {ratio}  {r.get('algorithm', '')}")
 
 
 if __name__ == "__main__":

@@ -26,11 +26,11 @@ from _timing import machine  # noqa: E402
 
 import minidl as mdl  # noqa: E402
 import minidl.functions as F  # noqa: E402
-from minidl.functions import conv, normalization  # noqa: E402
+from minidl.functions import normalization, pooling  # noqa: E402
 from minidl.plugins import registry  # noqa: E402
 
 TIMED = {
-    "pooling": (conv.MaxPool2d, conv.MaxPool2dGrad),
+    "pooling": (pooling.MaxPool2d, pooling.MaxPool2dGrad),
     "LRN": (normalization.LocalResponseNorm, normalization.LocalResponseNormGrad),
 }
 
@@ -57,6 +57,7 @@ def main():
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--steps", type=int, default=3)
     args = parser.parse_args()
+    mdl.cpu.tune_heap()  # as `minidl train` runs
     spent = defaultdict(float)
     instrument(spent)
     model = mdl.build_model(args.model)

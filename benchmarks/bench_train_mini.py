@@ -31,6 +31,7 @@ if framework == "minidl":
     import minidl as mdl
     import minidl.functions as F
     from minidl.plugins import registry
+    mdl.cpu.tune_heap()  # as `minidl train` runs
     model = mdl.build_model(sys.argv[4])
     opt = registry("optimizers").create("sgd", list(model.parameters()), lr=0.01, momentum=0.9, weight_decay=5e-4)
     def step():

@@ -28,7 +28,9 @@ __all__ = [
     "nccl",
     "bfloat16",
     "array_matmul",
-    "host_blocks",
+    "as_dtype",
+    "scatter_add",
+    "synchronize",
 ]
 
 _cupy = None  # the cupy module, once a CUDA device has been asked for
@@ -238,6 +240,13 @@ def bfloat16():
     return numpy.dtype(ml_dtypes.bfloat16)
 
 
+def as_dtype(dtype) -> numpy.dtype:
+    """A NumPy dtype from a dtype or its name; ``"bfloat16"`` (or ``"bf16"``) is ml_dtypes' bfloat16."""
+    if isinstance(dtype, str) and dtype in ("bfloat16", "bf16"):
+        return bfloat16()
+    return numpy.dtype(dtype)
+
+
 def array_matmul(a, b, out=None):
     """``xp.matmul(a, b, out=out)`` for any floating dtype, bfloat16 included.
 
@@ -257,101 +266,27 @@ def array_matmul(a, b, out=None):
     return xp.matmul(a, b, out=out)
 
 
-class ScratchPool:
-    """Reusable host buffers for large temporaries (im2col columns and their gradients).
+def scatter_add(shape, index, values, dtype=None):
+    """Zeros of ``shape`` with ``values`` added at ``index`` (``xp.add.at``: repeated indices add up).
 
-    glibc returns allocations above 32 MB to the OS on free, so a fresh one
-    costs a page fault per 4 KB page on every step -- for AlexNet's im2col
-    buffers that is as slow as the copy itself. Buffers handed back with
-    :meth:`release` are reused for the next request of the same size. CuPy
-    has its own memory pool, so on a GPU this is plain ``cupy.empty``.
+    The sums are taken in float32 at least -- CuPy has no float16 or bfloat16
+    ``add.at`` -- and rounded to ``dtype`` (default: the values' dtype).
     """
-
-    min_bytes = 8 << 20  # smaller arrays are cheap to allocate
-    max_cached_bytes = 4 << 30
-
-    def __init__(self):
-        import threading
-
-        self._free = {}  # nbytes -> [1-D uint8 buffers]
-        self._cached = 0
-        self._lock = threading.Lock()
-        self._heap_tuned = False
-
-    def _keep_freed_heap(self) -> None:
-        """Once, on first CPU use: let glibc's malloc keep what a training step frees.
-
-        The other big temporaries of a step (activations, gradients: up to
-        tens of MB for AlexNet) are not pooled here; by default glibc maps
-        those above its (adaptive) mmap threshold afresh each time and trims
-        freed heap back to the OS, so every step page-faults them in again
-        (about a quarter of AlexNet's pooling + LRN time on a 2-core VM).
-        Serving every block from the heap (glibc maps blocks above its
-        largest mmap threshold, 32 MB, afresh however it is tuned: AlexNet's
-        conv1 activations are 35 MB) and trimming only above 1 GB of free
-        heap keeps them. A no-op where the C library is not glibc.
-        """
-        self._heap_tuned = True
-        try:
-            import ctypes
-
-            mallopt = ctypes.CDLL("libc.so.6").mallopt
-        except (OSError, AttributeError):
-            return
-        M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_MMAP_MAX = -1, -3, -4
-        mallopt(M_MMAP_THRESHOLD, 32 << 20)  # glibc's largest allowed value
-        mallopt(M_MMAP_MAX, 0)  # and none above it either
-        mallopt(M_TRIM_THRESHOLD, 1 << 30)
-
-    def empty(self, shape, dtype, xp=numpy):
-        dtype = numpy.dtype(dtype)
-        nbytes = int(numpy.prod(shape, dtype=numpy.int64)) * dtype.itemsize
-        if xp is numpy and not self._heap_tuned:
-            self._keep_freed_heap()
-        if xp is not numpy or nbytes < self.min_bytes:
-            return xp.empty(shape, dtype=dtype)
-        with self._lock:
-            stack = self._free.get(nbytes)
-            buffer = stack.pop() if stack else None
-            if buffer is not None:
-                self._cached -= nbytes
-        if buffer is None:
-            buffer = numpy.empty(nbytes, dtype=numpy.uint8)
-        return buffer.view(dtype).reshape(shape)
-
-    def release(self, array) -> None:
-        """Give back an array from :meth:`empty`; the caller must hold no other reference to it."""
-        if array is None or not isinstance(array, numpy.ndarray):
-            return
-        root = array
-        while isinstance(root.base, numpy.ndarray):
-            root = root.base
-        if root.dtype != numpy.uint8 or root.ndim != 1 or root.nbytes < self.min_bytes:
-            return
-        with self._lock:
-            if self._cached + root.nbytes <= self.max_cached_bytes:
-                self._free.setdefault(root.nbytes, []).append(root)
-                self._cached += root.nbytes
-
-    def clear(self) -> None:
-        with self._lock:
-            self._free.clear()
-            self._cached = 0
+    xp = get_array_module(values)
+    dtype = numpy.dtype(dtype or values.dtype)
+    wide = numpy.promote_types(dtype, numpy.float32)
+    out = xp.zeros(shape, dtype=wide)
+    xp.add.at(out, index, values.astype(wide, copy=False))
+    return out.astype(dtype, copy=False)
 
 
-scratch = ScratchPool()
+def synchronize(device) -> None:
+    """Wait until every queued operation on ``device`` has finished (a no-op on the CPU).
 
-
-def host_blocks(xp, rows: int, elements: int, block_elements: int = 1 << 18) -> list:
-    """(start, stop) blocks of rows covering [0, rows), each touching about ``block_elements``
-    elements (at least one row) of the ``elements`` all rows touch.
-
-    An op making several elementwise passes over a large NumPy array runs them
-    block by block, so each pass finds its block still in cache (2-3x faster
-    than whole-array passes for AlexNet's LRN and pooling). CuPy arrays: one
-    block.
+    The one place minidl waits for a GPU: timing (conv-algorithm autotuning)
+    and metric reads go through it.
     """
-    if xp is not numpy:
-        return [(0, rows)]
-    step = max(1, rows * block_elements // max(elements, 1))
-    return [(first, min(first + step, rows)) for first in range(0, rows, step)]
+    device = as_device(device)
+    if device.type == "cuda":
+        with device.context():
+            device.xp.cuda.get_current_stream().synchronize()

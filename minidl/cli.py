@@ -38,7 +38,11 @@ def _cmd_summary(args) -> int:
     from .summary import format_table, summarize
 
     model = build_model(args.model, devices=args.devices, strategy=args.strategy)
-    summary = summarize(model, batch=args.batch)
+    if args.conv_algorithm is not None:
+        from .training.recipe import apply_conv_algorithm
+
+        apply_conv_algorithm(model, args.conv_algorithm)
+    summary = summarize(model, batch=args.batch, device=args.device)
     print(json.dumps(summary, indent=2) if args.json else format_table(summary))
     return 0
 
@@ -50,12 +54,16 @@ def _cmd_train(args) -> int:
     from .training.trainer import NonFiniteError
 
     world = mpi_world()
+    if not str(args.device).startswith("cuda"):
+        from .cpu import tune_heap
+
+        tune_heap()  # process-wide, which is ours to decide here: see minidl.cpu.tune_heap
 
     trainer = prepare(args.model, data=args.data, epochs=args.epochs, steps=args.steps, batch_size=args.batch_size,
                       lr=args.lr, device=args.device, out=args.out, seed=args.seed, preset=args.preset,
                       workers=args.workers, checkpoint_every=args.checkpoint_every, keep=args.keep,
                       progress=not args.no_progress, ten_crop=args.ten_crop, devices=args.devices,
-                      strategy=args.strategy, world=world)
+                      strategy=args.strategy, world=world, conv_algorithm=args.conv_algorithm)
     if world is not None and world.is_root:
         batch = trainer.train_loader.batch_size
         lr = trainer.optimizer.defaults["lr"]
@@ -152,6 +160,12 @@ def _cmd_predict(args) -> int:
     return 0
 
 
+def _conv_algorithm_option(parser) -> None:
+    parser.add_argument("--conv-algorithm", help="algorithm of every convolution without its own: a name from "
+                                                 "`minidl plugins` (im2col_gemm, winograd, ...) or auto (time each "
+                                                 "once per shape); default: the model file's, else the rule")
+
+
 def _device_split_options(parser) -> None:
     parser.add_argument("--devices", help="devices to split the model over, e.g. cpu:0,cpu:1 or cuda:0,cuda:1 "
                                           "(default: the model file's devices:)")
@@ -169,10 +183,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(run=_cmd_plugins)
 
-    p = sub.add_parser("summary", help="per-layer output shape, parameters, MACs, device and activation memory")
+    p = sub.add_parser("summary", help="per-layer output shape, parameters, MACs, device, conv algorithm and "
+                                       "activation memory")
     p.add_argument("model", help="model YAML file")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--batch", type=int, default=1, help="batch size for shapes and activation memory")
+    p.add_argument("--device", help="the device whose convolution algorithms to show, e.g. cuda:0 "
+                                    "(default: where the model is)")
+    _conv_algorithm_option(p)
     _device_split_options(p)
     p.set_defaults(run=_cmd_summary)
 
@@ -185,6 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float)
     p.add_argument("--device", default="cpu", help="cpu or cuda:N")
     _device_split_options(p)
+    _conv_algorithm_option(p)
     p.add_argument("--out", default="runs/latest", help="output directory (default: runs/latest)")
     p.add_argument("--resume", action="store_true", help="continue from the newest valid checkpoint in --out")
     p.add_argument("--seed", type=int)

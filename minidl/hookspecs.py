@@ -126,6 +126,32 @@ def minidl_register_transforms(register):
     """
 
 
+@hookspec
+def minidl_register_conv_algorithms(register):
+    """Register convolution algorithms (YAML ``algorithm:`` on a conv2d layer, ``train: {conv_algorithm: ...}``,
+    CLI ``--conv-algorithm``, ``F.conv2d(..., algorithm=...)``).
+
+    :param register: ``register(name, factory, *, examples=None)``. ``factory()``
+        returns a :class:`minidl.functions.ConvAlgorithm`: it says which
+        convolutions it computes (``unsupported(problem)`` gives a reason when it
+        does not), how it ranks under the default rule (``priority(problem)``),
+        whether it is ``deterministic``, the workspace it needs, and computes the
+        forward pass, the input gradient and the weight gradient.
+        ``examples`` is a list of ``{"x_shape": (N, C, H, W), "w_shape": (O, C/G, kh,
+        kw), "stride": .., "padding": .., "dilation": .., "groups": ..}`` that the
+        conformance suite checks against the reference ``im2col_gemm`` in addition
+        to its own shapes.
+
+    Called once per plugin when the algorithm registry is first built (the
+    first convolution, or ``minidl plugins``); each factory is called once.
+    Example::
+
+        @minidl.hookimpl
+        def minidl_register_conv_algorithms(register):
+            register("direct", Direct, examples=[{"x_shape": (2, 3, 8, 8), "w_shape": (4, 3, 3, 3)}])
+    """
+
+
 # registry kind -> hook name; the order is the order `minidl plugins` shows them in
 REGISTRY_HOOKS = {
     "layers": "minidl_register_layers",
@@ -135,4 +161,5 @@ REGISTRY_HOOKS = {
     "device_strategies": "minidl_register_device_strategies",
     "datasets": "minidl_register_datasets",
     "transforms": "minidl_register_transforms",
+    "conv_algorithms": "minidl_register_conv_algorithms",
 }

@@ -38,6 +38,7 @@ BUILTIN_PLUGINS = (
     "minidl_schedulers",
     "minidl_data",
     "minidl_strategies",
+    "minidl_conv",
 )
 
 

@@ -16,12 +16,27 @@ def _layer_device(module, default: str) -> str:
     return default
 
 
-def summarize(model, batch: int = 1, dtype="float32") -> dict:
+def _algorithm(node, batch, dtype, device) -> dict:
+    """{"algorithm", "workspace_bytes"} of a convolution layer (one with ``problem_for``/``choose_algorithm``)."""
+    module = node.module
+    if not (hasattr(module, "problem_for") and hasattr(module, "choose_algorithm")):
+        return {"algorithm": None, "workspace_bytes": 0}
+    problem = module.problem_for(node.input_shapes[0], batch, dtype, device)
+    algorithm = module.choose_algorithm(problem, record=False)
+    return {"algorithm": algorithm.name, "workspace_bytes": int(algorithm.workspace_bytes(problem))}
+
+
+def summarize(model, batch: int = 1, dtype="float32", device=None) -> dict:
     """The summary as a dict: {"name", "input", "params", "macs", "activation_bytes", "layers": [...]}.
 
     ``macs`` are per image (convolutions and fully connected layers; a layer
     plugin reports its own through a ``macs(input_shape)`` method).
     Activation memory is the layer's output for ``batch`` images of ``dtype``.
+    Each layer's ``device`` is the list of devices it runs on and ``split``
+    how it is split over them (``"data"``, ``"model"``, ``"home"``, or None
+    for an unsplit model). Convolutions name the ``algorithm`` that computes
+    them for a batch of ``batch`` on ``device`` (default: where the model
+    is) and its ``workspace_bytes``.
     For a model split over devices (``model.placement``), ``"placement"``
     adds, per device, the parameters it holds and the activations it
     produces, and the bytes that cross devices in one training step.
@@ -34,6 +49,11 @@ def summarize(model, batch: int = 1, dtype="float32") -> dict:
     layers = []
     for node in model.nodes:
         macs = int(node.module.macs(*node.input_shapes)) if hasattr(node.module, "macs") else 0
+        if placement is None:
+            devices, split = [_layer_device(node.module, default_device)], None
+        else:
+            split = placement.modes[node.name]
+            devices = [str(placement.home)] if split == "home" else [str(d) for d in placement.devices]
         layers.append({
             "index": node.index,
             "name": node.name,
@@ -42,9 +62,9 @@ def summarize(model, batch: int = 1, dtype="float32") -> dict:
             "output_shape": [batch] + list(node.output_shape),
             "params": _layer_params(node.module),
             "macs": macs,
-            "device": _layer_device(node.module, default_device) if placement is None else
-            (f"{','.join(map(str, placement.devices))} ({placement.modes[node.name]})"
-             if placement.modes[node.name] != "home" else str(placement.home)),
+            "device": devices,
+            "split": split,
+            **_algorithm(node, batch, dtype, device or devices[0]),
             "activation_bytes": int(numpy.prod(node.output_shape)) * batch * itemsize,
         })
     return {
@@ -90,13 +110,19 @@ def _bytes(n: int) -> str:
         n /= 1024
 
 
+def _device_cell(layer) -> str:
+    devices = ",".join(layer["device"])
+    return devices if layer["split"] in (None, "home") else f"{devices} ({layer['split']})"
+
+
 def format_table(summary: dict) -> str:
     """A fixed-width table for people (``minidl summary``)."""
-    head = ["#", "name", "type", "output shape", "params", "MACs", "device", "activations"]
+    head = ["#", "name", "type", "output shape", "params", "MACs", "device", "algorithm", "activations"]
     rows = [[str(l["index"]), l["name"], l["type"], "x".join(map(str, l["output_shape"])), f"{l['params']:,}",
-             f"{l['macs']:,}", l["device"], _bytes(l["activation_bytes"])] for l in summary["layers"]]
+             f"{l['macs']:,}", _device_cell(l), l["algorithm"] or "", _bytes(l["activation_bytes"])]
+            for l in summary["layers"]]
     widths = [max(len(r[i]) for r in rows + [head]) for i in range(len(head))]
-    right = {0, 4, 5, 7}
+    right = {0, 4, 5, 8}
 
     def line(cells):
         return "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))

@@ -9,6 +9,7 @@
       augmentation: [{type: random_crop, size: 28, padding: 2}, {type: hflip}]
       seed: 0
       scheduler_interval: step         # or epoch (the default)
+      conv_algorithm: auto             # or a registered algorithm's name (default: the rule)
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ __all__ = ["TRAIN_KEYS", "validate_train_spec"]
 TRAIN_KEYS = {
     "epochs": int, "steps": int, "batch_size": int, "seed": int, "eval_batch_size": int,
     "optimizer": dict, "scheduler": dict, "data": dict, "augmentation": list, "preset": str,
-    "keep_checkpoints": int, "scheduler_interval": str, "workers": int,
+    "keep_checkpoints": int, "scheduler_interval": str, "workers": int, "conv_algorithm": str,
 }
 _COMPONENTS = {  # key -> (registry kind, leading positional parameters the framework passes)
     "optimizer": ("optimizers", 1),
@@ -67,6 +68,11 @@ def validate_train_spec(train, source: str, mark=None) -> None:
             raise ModelError(f"train.{key} must be {expected.__name__}, got {value!r}", source, where(train, key))
         if expected is int and value < 0:
             raise ModelError(f"train.{key} must be >= 0, got {value}", source, where(train, key))
+    if "conv_algorithm" in train and train["conv_algorithm"] != "auto":
+        algorithms = registry("conv_algorithms")
+        if train["conv_algorithm"] not in algorithms:
+            raise ModelError(algorithms.unknown_message(train["conv_algorithm"]) + ", or 'auto'", source,
+                             where(train, "conv_algorithm"))
     for key, (kind, skip) in _COMPONENTS.items():
         if key in train:
             _component(train[key], kind, skip, source, f"train.{key}")

@@ -71,11 +71,17 @@ def test_to_with_dtype():
     assert x.grad.dtype == np.float32
 
 
-@pytest.mark.parametrize("rows, elements, block, expected", [
-    (32, 32 * 290_400, 1 << 18, [(i, i + 1) for i in range(32)]),  # AlexNet's LRN1: an image per block
-    (32, 32 * 1000, 1 << 18, [(0, 32)]),  # small: one block
-    (10, 10 * 300, 900, [(0, 3), (3, 6), (6, 9), (9, 10)]),
-    (0, 0, 1 << 18, []),
-])
-def test_host_blocks_cover_the_rows_in_order(rows, elements, block, expected):
-    assert backend.host_blocks(np, rows, elements, block) == expected
+def test_scatter_add_sums_repeats_in_float32_and_keeps_the_dtype():
+    values = np.full(3000, 0.1, dtype=np.float16)
+    out = backend.scatter_add((4,), np.zeros(3000, dtype=np.int64), values)
+    assert out.dtype == np.float16 and abs(float(out[0]) - 300.0) < 0.2 and (out[1:] == 0).all()
+    # in float16 the running sum would stall at 256 (the next 0.1 rounds away): the float32 sums do not
+    stalled = np.zeros(4, dtype=np.float16)
+    np.add.at(stalled, np.zeros(3000, dtype=np.int64), values)
+    assert float(stalled[0]) < 260
+
+
+def test_as_dtype_names():
+    assert backend.as_dtype("float32") == np.float32 and backend.as_dtype(np.float64) == np.float64
+    pytest.importorskip("ml_dtypes", reason="bfloat16 comes from ml_dtypes")
+    assert backend.as_dtype("bf16") == backend.bfloat16()

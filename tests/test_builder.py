@@ -295,3 +295,6 @@ def test_train_section_is_validated(tmp_path):
     assert "unknown optimizer type 'sgdd'" in str(e) and "Did you mean 'sgd'?" in str(e)
     e, _ = model_error(tmp_path, base + "train:\n  batch_size: many\n")
     assert "train.batch_size must be int" in str(e)
+    build_model(write(tmp_path, base + "train:\n  conv_algorithm: auto\n"))
+    e, _ = model_error(tmp_path, base + "train:\n  epochs: 3\n  conv_algorithm: im2col\n")
+    assert "unknown conv algorithm type 'im2col'" in str(e) and "im2col_gemm" in str(e) and e.line == 6

@@ -25,7 +25,8 @@ REFERENCE = {
     "alexnet-mini": (550_538, 9_830_912),
 }
 SUMMARY_KEYS = {"name", "input", "params", "macs", "layers"}
-LAYER_KEYS = {"index", "name", "type", "output_shape", "params", "macs", "device"}
+LAYER_KEYS = {"index", "name", "type", "output_shape", "params", "macs", "device", "split", "algorithm",
+              "workspace_bytes"}
 
 
 def run_cli(*args, check=True):
@@ -127,7 +128,8 @@ def test_json_layout_and_sums(model):
         assert LAYER_KEYS <= set(layer), (layer["name"], set(layer))
         assert isinstance(layer["params"], int) and isinstance(layer["macs"], int)
         assert all(isinstance(n, int) and n > 0 for n in layer["output_shape"])
-        assert layer["device"] == "cpu:0"
+        assert layer["device"] == ["cpu:0"] and layer["split"] is None
+        assert (layer["algorithm"] is not None) == (layer["type"] == "conv2d")
     assert sum(l["params"] for l in summary["layers"]) == summary["params"]
     assert sum(l["macs"] for l in summary["layers"]) == summary["macs"]
 
@@ -237,3 +239,47 @@ def test_installed_console_script_matches_module():
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == cli_json("alexnet-mini")
+
+
+# ----------------------------------------------------------------- convolution algorithms
+def _algorithms(*args):
+    summary = json.loads(run_cli(MODELS / "alexnet.yaml", "--json", *args).stdout)
+    return {l["name"]: (l["algorithm"], l["workspace_bytes"]) for l in summary["layers"] if l["type"] == "conv2d"}
+
+
+def test_summary_names_each_convolutions_algorithm_per_device():
+    # the rule of minidl.functions.conv_algorithm for the paper's AlexNet at batch 128
+    cpu = _algorithms("--batch", "128")
+    assert {n: a for n, (a, _) in cpu.items()} == {
+        "conv1": "im2col_tapfold", "conv2": "winograd", "conv3": "winograd", "conv4": "winograd", "conv5": "winograd"}
+    assert cpu["conv1"][1] == 128 * 55 * 55 * 11 * 11 * 3 * 4  # im2col's columns, float32
+    gpu = _algorithms("--batch", "128", "--device", "cuda:0")  # the GPU's rule, asked on any machine
+    assert {n: a for n, (a, _) in gpu.items()} == {
+        "conv1": "im2col_tapfold", "conv2": "im2col_tapfold", "conv3": "im2col_flip", "conv4": "im2col_flip",
+        "conv5": "im2col_flip"}
+    forced = _algorithms("--conv-algorithm", "im2col_gemm")
+    assert {a for a, _ in forced.values()} == {"im2col_gemm"}
+
+
+def test_summary_table_has_the_algorithm_column():
+    out = run_cli(MODELS / "alexnet-mini.yaml").stdout
+    head = out.splitlines()[1].split()
+    assert head[head.index("device") + 1] == "algorithm"
+    conv3 = next(line for line in out.splitlines() if " conv3 " in line)
+    assert "winograd" in conv3.split()
+
+
+def test_yaml_algorithm_and_unknown_names(tmp_path):
+    model = tmp_path / "m.yaml"
+    model.write_text("name: m\ninput: [3, 16, 16]\nlayers:\n"
+                     "  - {name: c1, type: conv2d, out_channels: 40, kernel_size: 3, padding: 1, algorithm: im2col_gemm}\n"
+                     "  - {name: c2, type: conv2d, out_channels: 40, kernel_size: 3, padding: 1}\n")
+    summary = json.loads(run_cli(model, "--json").stdout)
+    assert [l["algorithm"] for l in summary["layers"]] == ["im2col_gemm", "winograd"]  # c2: the rule
+    model.write_text(model.read_text().replace("algorithm: im2col_gemm", "algorithm: winogard"))
+    result = run_cli(model, check=False)
+    assert result.returncode != 0
+    assert f"{model}:4:" in result.stderr and "Did you mean 'winograd'" in result.stderr, result.stderr
+    model.write_text(model.read_text().replace("algorithm: winogard", "algorithm: winograd"))
+    result = run_cli(model, "--conv-algorithm", "fft", check=False)
+    assert result.returncode != 0 and "unknown conv algorithm 'fft'" in result.stderr

@@ -8,12 +8,13 @@ Importing this package also gives :class:`minidl.Tensor` its operators
 (``+ - * / ** @``, indexing) and methods (``x.sum()``, ``x.reshape(...)``),
 see :mod:`minidl.functions.tensor_methods`.
 """
-from . import conv, normalization
+from . import conv, normalization, pooling
 from .array import (
     astype, broadcast_to, concatenate, expand_dims, flatten, getitem, pad, permute, reshape,
     split, squeeze, stack, sum_to, swapaxes, to_device, transpose,
 )
-from .conv import adaptive_avg_pool2d, avg_pool2d, conv2d, max_pool2d
+from .conv import conv2d
+from .conv_algorithm import ConvAlgorithm, ConvProblem
 from .linalg import linear, matmul
 from .loss import cross_entropy
 from .math import (
@@ -22,13 +23,16 @@ from .math import (
 )
 from .nn import log_softmax, relu, softmax
 from .normalization import batch_norm, local_response_norm
+from .pooling import adaptive_avg_pool2d, avg_pool2d, max_pool2d
 from .stochastic import dropout
 from .reduction import max, mean, min, sum
 from .tensor_methods import attach_tensor_methods
+from .window import Window, conv_output_size
 
 attach_tensor_methods()
 
 __all__ = [
+    "ConvAlgorithm", "ConvProblem", "Window", "conv_output_size",
     "adaptive_avg_pool2d", "avg_pool2d", "batch_norm", "conv2d", "dropout", "local_response_norm", "max_pool2d",
     "abs", "add", "astype", "broadcast_to", "clip", "concatenate", "cross_entropy", "div", "exp",
     "expand_dims", "flatten", "getitem", "linear", "log", "log_softmax", "matmul", "max", "maximum", "mean",

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy
 
 from .. import backend
-from ..backend import get_array_module
+from ..backend import get_array_module, scatter_add
 from ..function import Function
 from ..tensor import Tensor, _resolve_dtype
 
@@ -201,11 +201,7 @@ class GetItemGrad(Function):
             gx = xp.zeros(self.in_shape, dtype=gy.dtype)
             gx[self.index] = gy
             return gx
-        # repeated indices add up; in float32 at least, which every backend can scatter-add (CuPy has no bfloat16 add.at)
-        wide = numpy.promote_types(gy.dtype, numpy.float32)
-        gx = xp.zeros(self.in_shape, dtype=wide)
-        xp.add.at(gx, self.index, gy.astype(wide, copy=False))
-        return gx.astype(gy.dtype, copy=False)
+        return scatter_add(self.in_shape, self.index, gy)  # repeated indices add up
 
     def backward(self, ggx):
         return getitem(ggx, self.index)

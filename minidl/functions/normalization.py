@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import numpy
 
-from ..backend import get_array_module, host_blocks
+from ..backend import get_array_module
+from ..cpu import host_blocks
 from ..function import Function
 from ..grad_mode import enable_grad, is_grad_enabled
 from ..tensor import Tensor, _wrap, partial_grad
 from .array import reshape
 from .linalg import matmul
 from .math import sqrt
+from .window import from_storage, is_channels_last, storage_view
 
 __all__ = ["local_response_norm", "batch_norm", "LRN_CONVENTIONS"]
 
@@ -65,25 +67,6 @@ def _window_sums(a, before: int, after: int, out, channels_last: bool):
     return out
 
 
-def _storage_view(a, channels_last: bool):
-    """(N, C, ...) -> its storage order as three axes: (N, pixels, C) if ``channels_last`` else (N, C, pixels).
-
-    A view when ``a`` is stored so, else a copy.
-    """
-    xp = get_array_module(a)
-    n, c = a.shape[:2]
-    if channels_last:
-        return xp.moveaxis(a, 1, -1).reshape(n, -1, c)
-    return a.reshape(n, c, -1)
-
-
-def _from_storage_view(a, shape, channels_last: bool):
-    xp = get_array_module(a)
-    if channels_last:
-        return xp.moveaxis(a.reshape((shape[0],) + tuple(shape[2:]) + (shape[1],)), -1, 1)
-    return a.reshape(shape)
-
-
 def _lrn_composite(x, band, scale, beta, k):
     """LRN written with differentiable ops: the reference the fused version must match."""
     n, c = x.shape[:2]
@@ -96,7 +79,7 @@ class LocalResponseNorm(Function):
     """LRN with a fused forward and first-order backward (a few array passes instead of a dozen ops).
 
     Both run image block by image block, each block's passes while it is in
-    cache (:func:`minidl.backend.host_blocks`), in the input's storage order.
+    cache (:func:`minidl.cpu.host_blocks`), in the input's storage order.
     Second and higher derivatives come from differentiating the composite
     :func:`_lrn_composite`, so there is one definition of the maths.
     """
@@ -107,8 +90,8 @@ class LocalResponseNorm(Function):
     def forward(self, x):
         xp = get_array_module(x)
         scale, k, power = (x.dtype.type(v) for v in (self.scale, self.k, -self.beta))
-        self.channels_last = x.ndim > 2 and xp.moveaxis(x, 1, -1).flags.c_contiguous
-        xs = xp.ascontiguousarray(_storage_view(x, self.channels_last))
+        self.channels_last = is_channels_last(x)
+        xs = xp.ascontiguousarray(storage_view(x, self.channels_last))
         d, f, y = xp.empty_like(xs), xp.empty_like(xs), xp.empty_like(xs)
         before, after = self.size // 2, (self.size - 1) // 2
 
@@ -123,7 +106,7 @@ class LocalResponseNorm(Function):
         for a, b in host_blocks(xp, len(x), x.size):
             block(a, b)
         self.denominator, self.factor, self.y = d, f, y  # (in storage order)
-        return _from_storage_view(y, x.shape, self.channels_last)
+        return from_storage(y, x.shape, self.channels_last)
 
     def backward(self, gy):
         return LocalResponseNormGrad(self)(self.inputs[0], gy)
@@ -144,7 +127,7 @@ class LocalResponseNormGrad(Function):
         lrn = self.lrn
         y, d, f, size, layout = self.y, self.denominator, self.factor, lrn.size, lrn.channels_last
         coef = x.dtype.type(-2.0 * lrn.scale * lrn.beta)
-        xs, gys = (xp.ascontiguousarray(_storage_view(a, layout)) for a in (x, gy))  # (copies only if stored otherwise)
+        xs, gys = (xp.ascontiguousarray(storage_view(a, layout)) for a in (x, gy))  # (copies only if stored otherwise)
         t, gx = xp.empty_like(y), xp.empty_like(y)
 
         def block(a, b):
@@ -157,7 +140,7 @@ class LocalResponseNormGrad(Function):
 
         for a, b in host_blocks(xp, len(x), x.size):
             block(a, b)
-        return _from_storage_view(gx, x.shape, layout)
+        return from_storage(gx, x.shape, layout)
 
     def backward(self, ggx):
         # Inputs keep their graph only when this backward is itself recorded (create_graph);

@@ -4,8 +4,8 @@ A checkpoint holds the model's parameters and buffers (``model/<name>``),
 the optimizer's arrays (``optimizer/<param index>/<key>``), transform
 statistics (``transform/<key>``), and, as JSON in the file's metadata, the
 model spec, plugin names and versions, step, epoch, position in the epoch,
-RNG state, scheduler state, optimizer hyperparameters and scalars, and the
-best metric. One file means one atomic ``os.replace``: a checkpoint is
+RNG state, scheduler state, optimizer hyperparameters and scalars, the
+best metric, and the algorithm each convolution layer chose per shape. One file means one atomic ``os.replace``: a checkpoint is
 either complete or absent. No pickle anywhere.
 """
 from __future__ import annotations
@@ -18,11 +18,12 @@ from pathlib import Path
 import numpy
 
 from ..backend import CPU, transfer
+from ..functions.conv_algorithm import ConvProblem, conv_algorithms
 from ..io_utils import atomic_write
 from ..safetensors_io import SafetensorsError, read_header, read_safetensors
 
 __all__ = ["write_checkpoint", "save_checkpoint", "load_checkpoint", "list_checkpoints", "latest_valid_checkpoint", "CheckpointError",
-           "FORMAT"]
+           "FORMAT", "conv_algorithm_records", "restore_conv_algorithms"]
 
 FORMAT = "minidl-checkpoint-1"
 _NAME = re.compile(r"^ckpt-(\d{9})\.safetensors$")
@@ -131,3 +132,24 @@ def latest_valid_checkpoint(directory):
         except CheckpointError as e:
             warnings.warn(f"skipping corrupt checkpoint: {e}", stacklevel=2)
     return None
+
+
+def conv_algorithm_records(model) -> list:
+    """The convolution algorithms ``model``'s layers chose, as JSON: [{"layer", "problem", "algorithm"}]."""
+    return [{"layer": name, "problem": problem.as_dict(), "algorithm": algorithm}
+            for name, module in model.named_modules()
+            for problem, algorithm in getattr(module, "algorithm_choices", {}).items()]
+
+
+def restore_conv_algorithms(model, records) -> None:
+    """Make ``model``'s layers choose what :func:`conv_algorithm_records` recorded; warn about what cannot be."""
+    modules, known = dict(model.named_modules()), conv_algorithms()
+    for record in records:
+        module = modules.get(record["layer"])
+        if module is None or not hasattr(module, "algorithm_choices") or record["algorithm"] not in known:
+            what = "no such convolution layer" if record["algorithm"] in known else "algorithm not installed"
+            warnings.warn(f"checkpoint chose conv algorithm {record['algorithm']!r} for layer {record['layer']!r} "
+                          f"({what}); choosing anew, so results may differ in the last bits", RuntimeWarning,
+                          stacklevel=2)
+            continue
+        module.algorithm_choices[ConvProblem.from_dict(record["problem"])] = record["algorithm"]

@@ -17,6 +17,7 @@ from ..backend import as_device, cuda_device_count
 from ..builder import build_model
 from ..data import DataLoader
 from ..data.transforms import CenterCrop, Compose, MeanImage, Normalize, RandomCrop, TenCrop, to_float
+from ..functions.conv_algorithm import AUTO, get_algorithm
 from ..nn.init import constant, normal
 from ..plugins import get_plugin_manager, registry
 from ..yaml_loader import plain
@@ -115,15 +116,29 @@ def _channel_stats(dataset) -> tuple:
     return images.mean(axis=(0, 2, 3)).tolist(), images.std(axis=(0, 2, 3)).tolist()
 
 
+def apply_conv_algorithm(model, request) -> None:
+    """Give every convolution layer of ``model`` without an ``algorithm:`` of its own the algorithm ``request``
+    (a registered name, or ``"auto"`` to time the supporting ones once per shape); None changes nothing."""
+    if request is None:
+        return
+    if request != AUTO:
+        get_algorithm(request)  # an unknown name fails now, naming the known ones
+    for _, module in model.named_modules():
+        if hasattr(module, "algorithm_choices") and getattr(module, "algorithm", None) is None:
+            module.algorithm = request
+
+
 def prepare(model_path, data=None, epochs=None, steps=None, batch_size=None, lr=None, device="cpu", out=None,
             seed=None, preset=None, workers=None, checkpoint_every=None, keep=None, progress=True,
-            ten_crop=False, devices=None, strategy=None, world=None) -> Trainer:
+            ten_crop=False, devices=None, strategy=None, world=None, conv_algorithm=None) -> Trainer:
     """Build the model, data, optimizer and scheduler for ``minidl train`` and return the Trainer.
 
     ``devices``/``strategy`` (default: the model file's) split the model over
     devices; batches are then loaded onto the first of them. With an MPI
     ``world``, training is data-parallel over its processes (each on GPU
-    ``local_rank`` when ``device`` is a CUDA device).
+    ``local_rank`` when ``device`` is a CUDA device). ``conv_algorithm``
+    (default: ``train: {conv_algorithm: ...}``) is the algorithm of every
+    convolution layer that does not name its own (see :func:`apply_conv_algorithm`).
     """
     if world is not None and str(device).startswith("cuda") and devices is None:
         device = f"cuda:{world.local_rank % cuda_device_count()}"
@@ -139,6 +154,7 @@ def prepare(model_path, data=None, epochs=None, steps=None, batch_size=None, lr=
             else:
                 train[key] = copy.deepcopy(value)
         apply_paper_init(model)
+    apply_conv_algorithm(model, conv_algorithm or train.get("conv_algorithm"))
     seed = seed if seed is not None else train.get("seed", 0)
     random.manual_seed(seed)
     device = model.placement.home if model.placement is not None else as_device(device)

@@ -9,7 +9,8 @@ checkpoint (keeping the newest ``keep``). A non-finite loss stops training
 with the step and the first layer whose output is not finite; the last good
 checkpoint is never replaced by a bad one. Ctrl-C finishes the current step,
 writes a checkpoint and stops. ``fit(resume=True)`` continues from the
-newest valid checkpoint in ``out_dir``, bit for bit on the CPU.
+newest valid checkpoint in ``out_dir``, bit for bit on the CPU (checkpoints
+record each convolution's algorithm, and resuming uses the same ones).
 """
 from __future__ import annotations
 
@@ -26,10 +27,14 @@ import numpy
 
 from .. import random
 from ..backend import CPU, transfer
+from ..cpu import scratch
 from ..functions import cross_entropy
 from ..grad_mode import no_grad
 from ..tensor import Tensor
-from .checkpoint import latest_valid_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
+from .checkpoint import (
+    conv_algorithm_records, latest_valid_checkpoint, list_checkpoints, load_checkpoint, restore_conv_algorithms,
+    save_checkpoint,
+)
 
 __all__ = ["Trainer", "NonFiniteError", "evaluate", "topk_correct"]
 
@@ -147,7 +152,7 @@ class Trainer:
         meta.update(step=self.step, epoch=self.epoch, position=self.position, best=self.best,
                     rng=random.get_state(), loader_seed=self.train_loader.seed,
                     scheduler=self.scheduler.state_dict() if self.scheduler is not None else None,
-                    history=self.history)
+                    history=self.history, conv_algorithms=conv_algorithm_records(self.model))
         return meta
 
     def save(self) -> Path | None:
@@ -172,6 +177,7 @@ class Trainer:
         if self.scheduler is not None and meta.get("scheduler") is not None:
             self.scheduler.load_state_dict(meta["scheduler"])
         random.set_state(meta["rng"])
+        restore_conv_algorithms(self.model, meta.get("conv_algorithms", []))  # the same arithmetic as before
 
     # ----------------------------------------------------------------- running
     def fit(self, resume: bool = False) -> list:
@@ -196,6 +202,7 @@ class Trainer:
                     self.save()
                     self._say(f"interrupted: checkpoint written at step {self.step}")
                     break
+        scratch.clear()  # training is over: the pooled host buffers go back to the allocator
         return self.history
 
     def _checkpoint_to_resume(self):

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import minidl as mdl
 import minidl.functions as F
-from minidl.functions.conv import Window
+from minidl.functions import ConvProblem, Window
+from minidl.functions.conv_algorithm import AUTO, get_algorithm, select
 from minidl.plugins import make_initializer
 
 
@@ -13,14 +14,19 @@ class Conv2d(mdl.nn.Module):
     ``in_channels`` is learned from the first input when omitted. AlexNet's
     two columns are ``groups=2``. ``weight_init``/``bias_init`` take an
     initializer spec (``{type: normal, std: 0.01}``, a number for a constant);
-    the default is PyTorch's U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+    the default is PyTorch's U(-1/sqrt(fan_in), 1/sqrt(fan_in)). ``algorithm``
+    forces a convolution algorithm (``im2col_gemm``, ``winograd``, a plugin's,
+    or ``auto`` to time them once per shape); by default the rule in
+    :mod:`minidl.functions.conv_algorithm` picks one per shape, device and
+    dtype. The choices made are kept in :attr:`algorithm_choices` (and in
+    checkpoints).
 
     YAML: ``{type: conv2d, out_channels: 96, kernel_size: 11, stride: 4}``
     """
 
     def __init__(self, out_channels: int, kernel_size: int | tuple, stride: int | tuple = 1,
                  padding: int | tuple = 0, dilation: int | tuple = 1, groups: int = 1, bias: bool = True,
-                 in_channels: int | None = None, weight_init=None, bias_init=None):
+                 in_channels: int | None = None, weight_init=None, bias_init=None, algorithm: str | None = None):
         super().__init__()
         if in_channels is not None and in_channels < 1:
             raise ValueError(f"conv2d: in_channels must be positive, got {in_channels}")
@@ -31,6 +37,10 @@ class Conv2d(mdl.nn.Module):
         self.groups = groups
         self.use_bias = bias
         self.in_channels = in_channels
+        if algorithm is not None and algorithm != AUTO:
+            get_algorithm(algorithm)  # an unknown name fails when the model is built
+        self.algorithm = algorithm
+        self.algorithm_choices = {}  # ConvProblem -> algorithm name, as the layer ran
         self.weight_init = make_initializer(weight_init)
         self.bias_init = make_initializer(bias_init)
         self.register_parameter("weight", None)
@@ -87,19 +97,41 @@ class Conv2d(mdl.nn.Module):
 
         def share(inputs, params):
             return F.conv2d(inputs[0], params[0], params[1] if self.use_bias else None, stride=(w.sy, w.sx),
-                            padding=(w.ph, w.pw), dilation=(w.dy, w.dx), groups=groups)
+                            padding=(w.ph, w.pw), dilation=(w.dy, w.dx), groups=groups, algorithm=self.algorithm)
 
         params = [(self.weight, rows)] + ([(self.bias, rows)] if self.use_bias else [])
         return in_lo, in_hi, share, params
+
+    def choose_algorithm(self, problem: ConvProblem, record: bool = True):
+        """The algorithm this layer runs ``problem`` with: the one chosen before (or restored from a
+        checkpoint), else what :attr:`algorithm` asks for (kept in :attr:`algorithm_choices` if ``record``)."""
+        name = self.algorithm_choices.get(problem)
+        if name is not None:
+            return get_algorithm(name)
+        chosen = select(problem, self.algorithm)
+        if record:
+            self.algorithm_choices[problem] = chosen.name
+        return chosen
+
+    def problem_for(self, input_shape, batch: int = 1, dtype="float32", device="cpu:0") -> ConvProblem:
+        """The convolution a batch of ``batch`` inputs of per-sample shape (C, H, W) makes (for summaries)."""
+        w = self.window
+        w_shape = (self.out_channels, input_shape[0] // self.groups, w.kh, w.kw)
+        return ConvProblem.make((batch,) + tuple(input_shape), w_shape, w.stride, w.padding, w.dilation,
+                                self.groups, dtype, device)
 
     def forward(self, x):
         if self.weight is None:
             self.build(x.shape[1:], x.device, x.dtype)
         w = self.window
+        algorithm = None
+        if x.ndim == 4 and x.shape[1] == self.weight.shape[1] * self.groups:  # else conv2d names the shapes
+            algorithm = self.choose_algorithm(ConvProblem.of(x, self.weight, w, self.groups))
         return F.conv2d(x, self.weight, self.bias, stride=(w.sy, w.sx), padding=(w.ph, w.pw),
-                        dilation=(w.dy, w.dx), groups=self.groups)
+                        dilation=(w.dy, w.dx), groups=self.groups, algorithm=algorithm)
 
     def extra_repr(self):
         w = self.window
         return (f"{self.in_channels}, {self.out_channels}, kernel_size=({w.kh}, {w.kw}), stride=({w.sy}, {w.sx}), "
-                f"padding=({w.ph}, {w.pw}), groups={self.groups}")
+                f"padding=({w.ph}, {w.pw}), groups={self.groups}"
+                + (f", algorithm={self.algorithm!r}" if self.algorithm is not None else ""))

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import minidl as mdl
 import minidl.functions as F
-from minidl.functions.conv import Window
+from minidl.functions import Window
 
 from .basic import same_channels
 

@@ -167,3 +167,22 @@ def test_diagnosis_names_the_first_non_finite_layer():
     batch = Batch(mdl.tensor(np.ones((1, 2), np.float32) * 1e3), np.zeros(1, np.int64), 0)
     message = trainer._diagnose(batch, float("nan"), 9)
     assert message == "step 9: loss is nan; first non-finite output at layer 2 'fc2' (linear)"
+
+
+def _conv_choices(out):
+    meta = load_checkpoint(list_checkpoints(out / "checkpoints")[-1])["meta"]
+    return {(r["layer"], tuple(r["problem"]["x_shape"])): r["algorithm"] for r in meta["conv_algorithms"]}
+
+
+def test_checkpoints_record_conv_algorithms_and_resume_keeps_them(tiny, tmp_path):
+    model, data = tiny
+    out = tmp_path / "run"
+    run_train(model, data, out, "--steps", "3", "--conv-algorithm", "im2col_gemm")
+    assert _conv_choices(out)[("conv1", (16, 1, 8, 8))] == "im2col_gemm"
+    # without the flag the rule would take im2col_tapfold (one input channel); the resumed run keeps
+    # what the checkpoint says, so its arithmetic is the first run's
+    run_train(model, data, out, "--steps", "6", "--resume")
+    assert _conv_choices(out)[("conv1", (16, 1, 8, 8))] == "im2col_gemm"
+    fresh = tmp_path / "fresh"
+    run_train(model, data, fresh, "--steps", "3")
+    assert _conv_choices(fresh)[("conv1", (16, 1, 8, 8))] == "im2col_tapfold"

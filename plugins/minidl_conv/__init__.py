@@ -1,0 +1,24 @@
+"""minidl's convolution algorithms, registered through the public plugin API like any third-party one.
+
+``minidl plugins`` lists them; :mod:`minidl.functions.conv_algorithm` says how one is chosen.
+"""
+import minidl
+
+from .im2col_gemm import Im2colFlip, Im2colGemm, Im2colTapFold
+from .winograd import Winograd
+
+__all__ = ["Im2colFlip", "Im2colGemm", "Im2colTapFold", "Winograd"]
+
+
+@minidl.hookimpl
+def minidl_register_conv_algorithms(register):
+    register("im2col_gemm", Im2colGemm)
+    register("im2col_tapfold", Im2colTapFold)
+    register("im2col_flip", Im2colFlip)
+    register("winograd", Winograd, examples=[  # beyond the shared conformance shapes: tiles of 2 to 5
+        {"x_shape": (2, 4, 13, 13), "w_shape": (6, 4, 3, 3), "padding": 1},
+        {"x_shape": (1, 2, 6, 6), "w_shape": (4, 2, 3, 3), "padding": 1},
+        {"x_shape": (2, 4, 9, 11), "w_shape": (4, 2, 3, 3), "padding": 0, "groups": 2},
+        {"x_shape": (2, 2, 27, 27), "w_shape": (3, 2, 5, 5), "padding": 2},
+        {"x_shape": (1, 3, 8, 7), "w_shape": (2, 3, 5, 5), "padding": 1},
+    ])

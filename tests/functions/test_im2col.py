@@ -1,0 +1,59 @@
+"""im2col / col2im (minidl/functions/im2col.py) against explicit windows, and as adjoints."""
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import given
+from hypothesis import strategies as st
+
+from minidl.functions import Window
+from minidl.functions.im2col import col2im, im2col
+from minidl.testing import strategies as mst
+
+from ._conv_reference import channels_last_copy, nc, pool_geometry
+from ._opcheck import op_settings
+
+
+@st.composite
+def im2col_cases(draw):
+    (h, w), kernel, stride, padding, dilation, ceil_mode = draw(pool_geometry(dilated=True))
+    win = Window(*kernel, *stride, *padding, *dilation)
+    oh, ow = win.output_hw(h, w, ceil_mode)
+    x = draw(mst.arrays(shape=nc(draw) + (h, w)))
+    return x, win, oh, ow
+
+
+def _np_windows(x, win, oh, ow, pad_value):
+    """(N, C, oh, ow, kh, kw) by explicit indexing; positions outside x hold pad_value."""
+    n, c, h, w = x.shape
+    out = np.full((n, c, oh, ow, win.kh, win.kw), pad_value)
+    for r in range(oh):
+        for q in range(ow):
+            for i in range(win.kh):
+                for j in range(win.kw):
+                    y, z = r * win.sy - win.ph + i * win.dy, q * win.sx - win.pw + j * win.dx
+                    if 0 <= y < h and 0 <= z < w:
+                        out[:, :, r, q, i, j] = x[:, :, y, z]
+    return out
+
+
+@op_settings()
+@given(case=im2col_cases(), pad_value=st.sampled_from([0.0, -np.inf]), channels_last=st.booleans())
+def test_im2col_matches_explicit_windows(case, pad_value, channels_last):
+    x, win, oh, ow = case
+    expected = _np_windows(x, win, oh, ow, pad_value)
+    stored = channels_last_copy(x) if channels_last else x
+    np.testing.assert_array_equal(im2col(stored, win, oh, ow, pad_value=pad_value), expected)
+
+
+@op_settings()
+@given(case=im2col_cases(), data=st.data())
+def test_col2im_is_the_adjoint_of_im2col(case, data):
+    # <im2col(x), c> == <x, col2im(c)> for every x and c
+    x, win, oh, ow = case
+    col = im2col(x, win, oh, ow)
+    c = data.draw(mst.arrays(shape=col.shape), label="c")
+    folded = col2im(c, win, x.shape)
+    assert folded.shape == x.shape
+    np.testing.assert_allclose(np.vdot(col, c), np.vdot(x, folded), rtol=1e-10, atol=1e-10)
+
+
