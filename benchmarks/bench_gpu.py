@@ -7,7 +7,8 @@ Each (framework, model, batch, mode) runs in its own process, so each one's
 peak GPU memory is its own. A step is forward, cross-entropy, backward and an
 SGD update (momentum 0.9, weight decay 5e-4) on random images and labels that
 already sit on the GPU. Modes: ``fp32`` (TF32 off in both), ``tf32`` (TF32
-allowed: ``CUPY_TF32=1`` for CuPy's matmuls, ``allow_tf32`` for PyTorch),
+allowed: ``minidl.backend.allow_tf32`` and ``CUPY_TF32=1`` for minidl,
+``allow_tf32`` for PyTorch),
 ``bf16``/``fp16`` (PyTorch autocast; minidl has no mixed precision yet and
 prints n/a). Prints images/s, minidl / PyTorch throughput (>= 1.0 means
 minidl is faster), and peak memory: minidl's CuPy pool high-water mark of
@@ -43,6 +44,8 @@ if framework == "minidl":
     import minidl as mdl
     import minidl.functions as F
     from minidl.plugins import registry
+    from minidl.backend import allow_tf32
+    allow_tf32(mode == "tf32")  # minidl's own cuBLAS calls (CUPY_TF32 below covers CuPy's)
     model = mdl.build_model(sys.argv[7]).to("cuda:0")
     model.train()
     opt = registry("optimizers").create("sgd", list(model.parameters()), lr=0.01, momentum=0.9, weight_decay=5e-4)
@@ -95,6 +98,8 @@ if framework == "minidl":
         total = time.perf_counter() - t
         result["profile"] = dict(sorted(((k, v / total) for k, v in spent.items()), key=lambda kv: -kv[1])[:14])
         result["profile_step_ms"] = total * 1000
+        result["conv_algorithms"] = {n: sorted(set(m.algorithm_choices.values()))
+                                     for n, m in model.named_modules() if getattr(m, "algorithm_choices", None)}
 else:
     import torch
     from torch import nn
@@ -201,6 +206,7 @@ def main():
                 if mine and mine.get("profile"):
                     print(f"    profile ({mine['profile_step_ms']:.0f} ms synchronised step): " + ", ".join(
                         f"{k} {v:.0%}" for k, v in mine["profile"].items()))
+                    print(f"    conv algorithms: {mine['conv_algorithms']}")
     if args.json:
         Path(args.json).write_text(json.dumps([[m, b, mo, g] for m, b, mo, g in rows], indent=1))
 

@@ -85,3 +85,61 @@ def test_as_dtype_names():
     assert backend.as_dtype("float32") == np.float32 and backend.as_dtype(np.float64) == np.float64
     pytest.importorskip("ml_dtypes", reason="bfloat16 comes from ml_dtypes")
     assert backend.as_dtype("bf16") == backend.bfloat16()
+
+
+def _operand(rng, shape, transposed, dtype):
+    """A (B, r, c) operand stored as given or as the transpose of a (B, c, r) array (a view, not a copy)."""
+    if transposed:
+        return rng.standard_normal((shape[0], shape[2], shape[1])).astype(dtype).swapaxes(1, 2)
+    return rng.standard_normal(shape).astype(dtype)
+
+
+@pytest.mark.parametrize("dtype, tol", [("float64", 1e-12), ("float32", 1e-5), ("float16", 2e-2)])
+@pytest.mark.parametrize("ta, tb, tout", [(False, False, False), (True, False, False), (False, True, True),
+                                          (True, True, False)])
+def test_matmul_into_reads_transposed_operands_in_place(dtype, tol, ta, tb, tout, device, rng):
+    # (3, 5, 4) @ (3, 4, 6) into a result that may itself be a transposed view; a batch of 1 broadcasts
+    xp = mdl.Device(device).xp
+    a, b = _operand(rng, (3, 5, 4), ta, dtype), _operand(rng, (1, 4, 6), tb, dtype)
+    expected = np.matmul(a.astype(np.float64), b.astype(np.float64))
+    A, B = xp.asarray(a), xp.asarray(b)
+    if ta:  # keep the transposed layout on the device too
+        A = xp.ascontiguousarray(xp.asarray(a.swapaxes(1, 2))).swapaxes(1, 2)
+    if tb:
+        B = xp.ascontiguousarray(xp.asarray(b.swapaxes(1, 2))).swapaxes(1, 2)
+    out = xp.empty((3, 6, 5), dtype=dtype).swapaxes(1, 2) if tout else xp.empty((3, 5, 6), dtype=dtype)
+    result = backend.matmul_into(A, B, out)
+    assert result is out
+    got = mdl.tensor(out).numpy().astype(np.float64)
+    np.testing.assert_allclose(got, expected, rtol=tol, atol=tol * np.abs(expected).max())
+
+
+def test_matmul_into_group_slices_and_shape_errors(device, rng):
+    # per-group column blocks of a (rows, G, O/G) buffer, as the convolution writes them
+    xp = mdl.Device(device).xp
+    a, b = rng.standard_normal((2, 7, 3)), rng.standard_normal((2, 3, 4))
+    y = xp.zeros((7, 2, 4))
+    backend.matmul_into(xp.asarray(a), xp.asarray(b), y.transpose(1, 0, 2))
+    np.testing.assert_allclose(mdl.tensor(y).numpy().transpose(1, 0, 2), a @ b, rtol=1e-12)
+    if device != "cpu":
+        with pytest.raises(ValueError, match="does not make"):
+            backend.matmul_into(xp.asarray(a), xp.asarray(b), xp.zeros((2, 7, 5)))
+
+
+def test_bfloat16_matmul_accumulates_in_float32(device):
+    pytest.importorskip("ml_dtypes", reason="bfloat16 comes from ml_dtypes")
+    bf16 = backend.bfloat16()
+    xp = mdl.Device(device).xp
+    ones = xp.asarray(np.ones((1, 4096), dtype=bf16))
+    product = backend.array_matmul(ones, xp.asarray(np.ones((4096, 1), dtype=bf16)))
+    assert product.dtype == bf16 and float(mdl.tensor(product).numpy().astype(np.float32)[0, 0]) == 4096.0
+
+
+def test_tf32_is_off_unless_allowed():
+    assert not backend.tf32_allowed()
+    backend.allow_tf32(True)
+    try:
+        assert backend.tf32_allowed() and backend._blas_dtype("float32") == (0, 77)
+    finally:
+        backend.allow_tf32(False)
+    assert backend._blas_dtype("float32") == (0, 68) and backend._blas_dtype("int32") is None

@@ -8,11 +8,14 @@ and pooling:
   over pixels), and the sum back.
 * :class:`ConvGeometry` -- a grouped convolution as one GEMM per group over
   channels-last columns, and the two folds of column gradients back into
-  an input gradient.
+  an input gradient. On a GPU the columns and the folds are one gather
+  kernel each.
 """
 from __future__ import annotations
 
-from ..backend import array_matmul, get_array_module
+import numpy
+
+from ..backend import elementwise_kernel, get_array_module, matmul_into
 from ..cpu import scratch
 from .window import Window, pad_hw
 
@@ -66,10 +69,52 @@ def padded_channels_last(x, pad_h: tuple, pad_w: tuple, groups: int = 1):
 
 
 def per_group_matmul(a, b, out, transpose_a=False, transpose_b=False):
-    """out[g] = a[g] @ b[g] (each optionally transposed) for every group g; ``out`` (G, ., .) may be a strided view."""
-    for g in range(a.shape[0]):
-        array_matmul(a[g].T if transpose_a else a[g], b[g].T if transpose_b else b[g], out=out[g])
-    return out
+    """out[g] = a[g] @ b[g] (each optionally transposed) for every group g; ``out`` (G, ., .) may be a strided view.
+
+    One strided-batched cuBLAS call on a GPU, with transposed operands read in place (:func:`minidl.backend.matmul_into`).
+    """
+    return matmul_into(a.swapaxes(1, 2) if transpose_a else a, b.swapaxes(1, 2) if transpose_b else b, out)
+
+
+# CUDA: the columns and their fold back are one gather kernel each (a thread per column element, or per
+# input-gradient element summing the taps that read it: no atomics), beside the strided NumPy copies they match.
+_GEOMETRY_PARAMS = ("int32 N, int32 C, int32 H, int32 W, int32 OH, int32 OW, int32 KH, int32 KW, int32 SY, "
+                    "int32 SX, int32 PH, int32 PW, int32 DY, int32 DX, int32 G")
+_COLUMNS = """
+    int CG = C / G, K = KH * KW * CG, R = N * OH * OW;
+    int q = i % K, rest = i / K, r = rest % R, g = rest / R;
+    int cc = q % CG, tap = q / CG, b = tap % KW, a = tap / KW;
+    int ox = r % OW, rest2 = r / OW, oy = rest2 % OH, n = rest2 / OH;
+    int yy = oy * SY - PH + a * DY, xx = ox * SX - PW + b * DX;
+    if (yy >= 0 && yy < H && xx >= 0 && xx < W) {
+        ptrdiff_t at[] = {n, g * CG + cc, yy, xx};
+        col = x[at];
+    } else {
+        col = (T)0;
+    }
+"""
+_FOLD = """
+    int xx = i % W, rest = i / W, yy = rest % H; rest /= H;
+    int c = rest % C, n = rest / C;
+    int CG = C / G, g = c / CG, cc = c % CG;
+    double total = 0.0;
+    for (int a = 0; a < KH; ++a) {
+        int r0 = yy + PH - a * DY;
+        if (r0 < 0 || r0 % SY) continue;
+        int oy = r0 / SY;
+        if (oy >= OH) continue;
+        for (int b = 0; b < KW; ++b) {
+            int q0 = xx + PW - b * DX;
+            if (q0 < 0 || q0 % SX) continue;
+            int ox = q0 / SX;
+            if (ox >= OW) continue;
+            ptrdiff_t row = ((ptrdiff_t)n * OH + oy) * OW + ox, k = (a * KW + b) * CG + cc;
+            ptrdiff_t at[] = {g, TAP_MAJOR ? k : row, TAP_MAJOR ? row : k};
+            total += (double)gcol[at];
+        }
+    }
+    gx = (T)total;
+"""
 
 
 class ConvGeometry:
@@ -91,10 +136,20 @@ class ConvGeometry:
         self.oh, self.ow = win.output_hw(h, w)
         self.rows = n * self.oh * self.ow
 
+    def _args(self):
+        win = self.win
+        return tuple(numpy.int32(v) for v in (*self.x_shape, self.oh, self.ow, win.kh, win.kw, win.sy, win.sx,
+                                              win.ph, win.pw, win.dy, win.dx, self.groups))
+
     def columns(self, x):
         """x (N, C, H, W) -> (G, N*oh*ow, kh*kw*C/G) columns, from the scratch pool."""
         xp = get_array_module(x)
         win = self.win
+        if xp is not numpy:
+            col = xp.empty((self.groups, self.rows, win.kh * win.kw * (x.shape[1] // self.groups)), dtype=x.dtype)
+            elementwise_kernel("raw T x, " + _GEOMETRY_PARAMS, "T col", _COLUMNS, "minidl_im2col")(
+                x, *self._args(), col)
+            return col
         t = padded_channels_last(x, (win.ph, win.ph), (win.pw, win.pw), self.groups)
         g, n, _, _, cg = t.shape
         s = t.strides
@@ -132,9 +187,19 @@ class ConvGeometry:
         m = gy.transpose(0, 2, 3, 1).reshape(self.rows, self.groups, o // self.groups)  # copies only if needed
         return m.transpose(1, 0, 2)
 
+    def _fold_cuda(self, gcol, tap_major: bool):
+        xp = get_array_module(gcol)
+        n, c, h, w = self.x_shape
+        gx = xp.empty((n, h, w, c), dtype=gcol.dtype).transpose(0, 3, 1, 2)  # channels-last
+        elementwise_kernel("raw T gcol, " + _GEOMETRY_PARAMS + ", bool TAP_MAJOR", "T gx", _FOLD, "minidl_col2im")(
+            gcol, *self._args(), numpy.bool_(tap_major), gx)
+        return gx
+
     def fold(self, gcol):
         """(G, N*oh*ow, kh*kw*C/G) column gradients -> (N, C, H, W), channels-last: the adjoint of columns()."""
         xp = get_array_module(gcol)
+        if xp is not numpy:
+            return self._fold_cuda(gcol, tap_major=False)
         win, (n, c, h, w) = self.win, self.x_shape
         g, cg = self.groups, c // self.groups
         out = xp.zeros((g, n) + win.padded_hw(h, w, self.oh, self.ow) + (cg,), dtype=gcol.dtype)
@@ -153,6 +218,8 @@ class ConvGeometry:
         every s-th element (2-3x faster for conv1's stride 4); the phases are interleaved at the end.
         """
         xp = get_array_module(gcol_t)
+        if xp is not numpy:
+            return self._fold_cuda(gcol_t, tap_major=True)
         win, (n, c, h, w) = self.win, self.x_shape
         g, cg, sy, sx = self.groups, c // self.groups, win.sy, win.sx
         hp, wp = win.padded_hw(h, w, self.oh, self.ow)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy
 
-from ..backend import get_array_module
+from ..backend import elementwise_kernel, get_array_module
 from ..cpu import host_blocks
 from ..function import Function
 from ..grad_mode import enable_grad, is_grad_enabled
@@ -75,11 +75,69 @@ def _lrn_composite(x, band, scale, beta, k):
     return x / (window_sums * scale + k) ** beta
 
 
+# CUDA: one thread per element over the (N, C, pixels) view, whatever the storage order; the channel
+# window is summed in place (size terms), in double precision.
+_CHANNEL_WINDOW = """
+    int p = i % P, rest = i / P, c = rest % C, n = rest / C;
+    int lo = max(c - before, 0), hi = min(c + after, C - 1);
+    double total = 0.0;
+    for (int cc = lo; cc <= hi; ++cc) {
+        ptrdiff_t at[] = {n, cc, p};
+"""
+_LRN_FORWARD = _CHANNEL_WINDOW + """
+        double v = (double)x[at];
+        total += v * v;
+    }
+    ptrdiff_t me[] = {n, c, p};
+    double dd = k + scale * total;
+    d = (T)dd;
+    y = (T)((double)x[me] * pow(dd, power));
+"""
+_LRN_BACKWARD = _CHANNEL_WINDOW + """
+        total += (double)t[at];
+    }
+    gx = (T)((double)gy * pow((double)d, power) + coef * (double)x * total);
+"""
+
+
+def _lrn_cuda(x, size, scale, beta, k):
+    """(y, d) of LRN on a GPU, both in x's storage order; d = k + scale * window sum of squares."""
+    xp = get_array_module(x)
+    n, c = x.shape[:2]
+    y, d = xp.empty_like(x), xp.empty_like(x)
+    kernel = elementwise_kernel(
+        "raw T x, float64 scale, float64 k, float64 power, int32 C, int32 P, int32 before, int32 after",
+        "T y, T d", _LRN_FORWARD, "minidl_lrn_forward")
+    p = x.size // max(n * c, 1)
+    kernel(x.reshape(n, c, -1), scale, k, -beta, numpy.int32(c), numpy.int32(p), numpy.int32(size // 2),
+           numpy.int32((size - 1) // 2), y.reshape(n, c, -1), d.reshape(n, c, -1))
+    return y, d
+
+
+def _lrn_grad_cuda(x, gy, d, size, scale, beta):
+    """gx of LRN on a GPU from x, gy and the forward's d: two kernels, no window copies."""
+    xp = get_array_module(x, gy)
+    n, c = x.shape[:2]
+    p = x.size // max(n * c, 1)
+    x3, gy3, d3 = (a.reshape(n, c, -1) for a in (x, gy, d))
+    t = elementwise_kernel("T gy, T x, T d, float64 power", "T t", "t = (T)((double)gy * (double)x * "
+                           "pow((double)d, power - 1.0))", "minidl_lrn_backward_terms")(gy3, x3, d3, -beta)
+    gx = xp.empty_like(x)
+    kernel = elementwise_kernel(
+        "raw T t, T gy, T x, T d, float64 power, float64 coef, int32 C, int32 P, int32 before, int32 after",
+        "T gx", _LRN_BACKWARD, "minidl_lrn_backward")
+    kernel(t, gy3, x3, d3, -beta, -2.0 * scale * beta, numpy.int32(c), numpy.int32(p),
+           numpy.int32((size - 1) // 2), numpy.int32(size // 2), gx.reshape(n, c, -1))  # the window mirrored
+    return gx
+
+
 class LocalResponseNorm(Function):
     """LRN with a fused forward and first-order backward (a few array passes instead of a dozen ops).
 
     Both run image block by image block, each block's passes while it is in
-    cache (:func:`minidl.cpu.host_blocks`), in the input's storage order.
+    cache (:func:`minidl.cpu.host_blocks`), in the input's storage order. On
+    a GPU the forward is one kernel that keeps only the denominator, and the
+    backward two.
     Second and higher derivatives come from differentiating the composite
     :func:`_lrn_composite`, so there is one definition of the maths.
     """
@@ -89,6 +147,10 @@ class LocalResponseNorm(Function):
 
     def forward(self, x):
         xp = get_array_module(x)
+        if xp is not numpy:  # one kernel; backward recomputes the rest from x and d
+            y, self.denominator = _lrn_cuda(x, self.size, self.scale, self.beta, self.k)
+            self.factor = self.y = None
+            return y
         scale, k, power = (x.dtype.type(v) for v in (self.scale, self.k, -self.beta))
         self.channels_last = is_channels_last(x)
         xs = xp.ascontiguousarray(storage_view(x, self.channels_last))
@@ -125,6 +187,8 @@ class LocalResponseNormGrad(Function):
     def forward(self, x, gy):
         xp = get_array_module(x, gy)
         lrn = self.lrn
+        if xp is not numpy:
+            return _lrn_grad_cuda(x, gy, self.denominator, lrn.size, lrn.scale, lrn.beta)
         y, d, f, size, layout = self.y, self.denominator, self.factor, lrn.size, lrn.channels_last
         coef = x.dtype.type(-2.0 * lrn.scale * lrn.beta)
         xs, gys = (xp.ascontiguousarray(storage_view(a, layout)) for a in (x, gy))  # (copies only if stored otherwise)

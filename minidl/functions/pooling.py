@@ -2,14 +2,16 @@
 
 Max pooling keeps its input's storage order (channels-last after a
 convolution, see :mod:`.window`) and works a few images at a time so that its
-passes find their block in cache; average pooling is a window sum over
+passes find their block in cache; on a GPU it is one kernel each way (the
+backward gathers, so no atomics), beside the NumPy code it must match.
+Average pooling is a window sum over
 :func:`~.im2col.im2col` columns; adaptive average pooling is two matmuls.
 """
 from __future__ import annotations
 
 import numpy
 
-from ..backend import get_array_module, scatter_add
+from ..backend import elementwise_kernel, get_array_module, scatter_add
 from ..cpu import host_blocks
 from ..function import Function
 from ..tensor import Tensor, _wrap
@@ -50,6 +52,92 @@ def _window_sources(win: Window, padded_shape, channels_last: bool, winner, firs
     return source.reshape(-1)
 
 
+# CUDA: one thread per output (forward) or input element (backward), no atomics. Windows are read from
+# the unpadded input; `source` holds the same flat storage index into the padded input as the NumPy path.
+_WINDOW_PARAMS = ("int32 N, int32 C, int32 H, int32 W, int32 OH, int32 OW, int32 KH, int32 KW, int32 SY, int32 SX, "
+                  "int32 PH, int32 PW, int32 DY, int32 DX, int32 HP, int32 WP, bool CL")
+_PADDED_INDEX = """
+__device__ long long padded_index(bool CL, long long n, long long c, long long yp, long long xp,
+                                  long long C, long long HP, long long WP) {
+    return CL ? ((n * HP + yp) * WP + xp) * C + c : ((n * C + c) * HP + yp) * WP + xp;
+}
+"""
+_MAX_POOL_FORWARD = """
+    int ox = i % OW, t = i / OW, oy = t % OH; t /= OH;
+    int c = t % C, n = t / C;
+    double best = 0.0;
+    long long src = -1;
+    for (int a = 0; a < KH; ++a) {
+        int yp = oy * SY + a * DY, yy = yp - PH;
+        for (int b = 0; b < KW; ++b) {
+            int xp = ox * SX + b * DX, xx = xp - PW;
+            double v = __longlong_as_double(0xfff0000000000000ULL);  // padding: -inf
+            if (yy >= 0 && yy < H && xx >= 0 && xx < W) {
+                ptrdiff_t at[] = {n, c, yy, xx};
+                v = (double)x[at];
+            }
+            if (src < 0 || v > best || (v != v && best == best)) {  // the first maximum wins (NaN: the first NaN)
+                best = v;
+                src = padded_index(CL, n, c, yp, xp, C, HP, WP);
+            }
+        }
+    }
+    y = (T)best;
+    source = src;
+"""
+_MAX_POOL_BACKWARD = """
+    int xx = i % W, t = i / W, yy = t % H; t /= H;
+    int c = t % C, n = t / C;
+    int yp = yy + PH, xp = xx + PW;
+    long long mine = padded_index(CL, n, c, yp, xp, C, HP, WP);
+    double total = 0.0;
+    for (int a = 0; a < KH; ++a) {
+        int r = yp - a * DY;
+        if (r < 0 || r % SY) continue;
+        int oy = r / SY;
+        if (oy >= OH) continue;
+        for (int b = 0; b < KW; ++b) {
+            int q = xp - b * DX;
+            if (q < 0 || q % SX) continue;
+            int ox = q / SX;
+            if (ox >= OW) continue;
+            ptrdiff_t at[] = {n, c, oy, ox};
+            if (source[at] == mine) total += (double)gy[at];
+        }
+    }
+    gx = (T)total;
+"""
+
+
+def _max_pool_cuda(x, win: Window, out_hw, padded_hw, channels_last: bool):
+    """(y, source) of max pooling on a GPU: y in x's storage order, source flat in y's storage order."""
+    xp = get_array_module(x)
+    n, c, h, w = x.shape
+    y = empty_nchw(xp, (n, c) + tuple(out_hw), x.dtype, channels_last)
+    source = xp.empty(y.size, dtype=numpy.int64)
+    kernel = elementwise_kernel("raw T x, " + _WINDOW_PARAMS, "T y, int64 source", _MAX_POOL_FORWARD,
+                                "minidl_max_pool_forward", preamble=_PADDED_INDEX)
+    kernel(x, *_window_args(x.shape, win, out_hw, padded_hw, channels_last), y,
+           from_storage(source, y.shape, channels_last))
+    return y, source
+
+
+def _max_pool_grad_cuda(gy, source, win: Window, x_shape, padded_hw, channels_last: bool):
+    """The input gradient of max pooling on a GPU, gathered per input element (no atomics)."""
+    xp = get_array_module(gy)
+    gx = empty_nchw(xp, x_shape, gy.dtype, channels_last)
+    kernel = elementwise_kernel("raw T gy, raw int64 source, " + _WINDOW_PARAMS, "T gx", _MAX_POOL_BACKWARD,
+                                "minidl_max_pool_backward", preamble=_PADDED_INDEX)
+    kernel(gy, from_storage(source, gy.shape, channels_last),
+           *_window_args(x_shape, win, gy.shape[2:], padded_hw, channels_last), gx)
+    return gx
+
+
+def _window_args(x_shape, win: Window, out_hw, padded_hw, channels_last: bool) -> tuple:
+    return tuple(numpy.int32(v) for v in (*x_shape, *out_hw, win.kh, win.kw, win.sy, win.sx, win.ph, win.pw,
+                                          win.dy, win.dx, *padded_hw)) + (numpy.bool_(channels_last),)
+
+
 class MaxPool2d(Function):
     """Max over windows as kh*kw elementwise maxima of strided views (no window copies).
 
@@ -72,6 +160,10 @@ class MaxPool2d(Function):
         self.channels_last = is_channels_last(x)
         if not (self.channels_last or x.flags.c_contiguous):
             x = xp.ascontiguousarray(x)  # flat indices need one of the two storage orders
+        if xp is not numpy:
+            self.padded_shape = (n, c) + self.win.padded_hw(h, w, oh, ow)
+            best, self.source = _max_pool_cuda(x, self.win, (oh, ow), self.padded_shape[2:], self.channels_last)
+            return best
         padded = pad_hw(x, self.win, oh, ow, low)
         best = empty_nchw(xp, (n, c, oh, ow), x.dtype, self.channels_last)
         self.source = xp.empty(best.size, dtype=numpy.int64)  # in the output's storage order
@@ -117,6 +209,9 @@ class MaxPool2dGrad(Function):
         self.channels_last = channels_last
 
     def forward(self, gy):
+        if get_array_module(gy) is not numpy:
+            return _max_pool_grad_cuda(gy, self.source, self.win, self.x_shape, self.padded_shape[2:],
+                                       self.channels_last)
         gx = scatter_add(int(numpy.prod(self.padded_shape)), self.source, _flat(gy, self.channels_last))
         gx = from_storage(gx, self.padded_shape, self.channels_last)
         return crop_hw(gx, self.win, *self.x_shape[2:])

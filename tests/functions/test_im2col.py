@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from minidl.functions import Window
-from minidl.functions.im2col import col2im, im2col
+import minidl as mdl
+from minidl.functions.im2col import ConvGeometry, col2im, im2col
 from minidl.testing import strategies as mst
 
 from ._conv_reference import channels_last_copy, nc, pool_geometry
@@ -57,3 +59,21 @@ def test_col2im_is_the_adjoint_of_im2col(case, data):
     np.testing.assert_allclose(np.vdot(col, c), np.vdot(x, folded), rtol=1e-10, atol=1e-10)
 
 
+
+
+@pytest.mark.parametrize("stride, padding, dilation, groups", [(1, 1, 1, 1), (4, 2, 1, 1), ((2, 1), (0, 1), 2, 2)])
+def test_conv_geometry_cuda_kernels_match_the_numpy_path(stride, padding, dilation, groups, rng):
+    # columns and both folds on a GPU (one gather kernel each) against the strided NumPy copies
+    if not mdl.cuda_available():
+        pytest.skip("no usable CUDA GPU with CuPy on this machine")
+    xp = mdl.Device("cuda:0").xp
+    x = rng.standard_normal((2, 4, 11, 12))
+    win = Window.make(3, stride, padding, dilation)
+    geo = ConvGeometry(x.shape, win, groups)
+    col = geo.columns(x)
+    np.testing.assert_array_equal(xp.asnumpy(geo.columns(xp.asarray(channels_last_copy(x)))), col)
+    gcol = rng.standard_normal(col.shape)
+    np.testing.assert_allclose(xp.asnumpy(geo.fold(xp.asarray(gcol))), geo.fold(gcol), rtol=1e-12, atol=1e-12)
+    gcol_t = np.ascontiguousarray(gcol.transpose(0, 2, 1))
+    np.testing.assert_allclose(xp.asnumpy(geo.fold_tap_major(xp.asarray(gcol_t))), geo.fold_tap_major(gcol_t),
+                               rtol=1e-12, atol=1e-12)

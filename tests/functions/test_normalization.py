@@ -306,3 +306,22 @@ def test_batch_norm_dtype_kept(training, dtype, device, rng):
     stats = on_device(running_mean, device), on_device(running_var, device)
     check_dtype(lambda x, w, b: F.batch_norm(x, w, b, *stats, training=training),
                 [fixed_array(rng, (4, 3, 2, 2)), fixed_array(rng, (3,)), fixed_array(rng, (3,))], dtype, device)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("size", [3, 5])
+def test_lrn_cuda_kernels_match_the_numpy_path(channels_last, size, rng):
+    if not mdl.cuda_available():
+        pytest.skip("no usable CUDA GPU with CuPy on this machine")
+    x = rng.standard_normal((2, 7, 5, 6)).astype(np.float32)
+    gy = rng.standard_normal(x.shape).astype(np.float32)
+    if channels_last:
+        x = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+    results = []
+    for device in ("cpu", "cuda:0"):
+        t = mdl.tensor(x, device=device, requires_grad=True)
+        y = F.local_response_norm(t, size, 1e-2, 0.75, 2.0)
+        y.backward(mdl.tensor(gy, device=device))
+        results.append((y.numpy(), t.grad.numpy()))
+    for a, b in zip(*results):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)

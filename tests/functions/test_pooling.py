@@ -11,7 +11,9 @@ import minidl as mdl
 import minidl.functions as F
 from minidl.testing import strategies as mst
 
-from ._conv_reference import nc, np_adaptive_avg_pool2d, np_avg_pool2d, np_max_pool2d, pool_geometry
+from ._conv_reference import (
+    channels_last_copy, nc, np_adaptive_avg_pool2d, np_avg_pool2d, np_max_pool2d, pool_geometry,
+)
 from ._opcheck import (  # noqa: F401 - reference is a fixture
     check_dtype, check_gradgrad, check_op, fixed_array, op_settings, reference, spread_apart,
 )
@@ -146,3 +148,34 @@ def test_pool_dtype_kept(name, dtype, device, rng):
     check_dtype(POOLS[name], [fixed_array(rng, (2, 2, 5, 6))], dtype, device)
 
 
+
+
+@pytest.fixture
+def cuda():
+    if not mdl.cuda_available():
+        pytest.skip("no usable CUDA GPU with CuPy on this machine")
+    return "cuda:0"
+
+
+@pytest.mark.parametrize("kwargs", [{"kernel_size": 3, "stride": 2}, {"kernel_size": 3, "stride": 2, "padding": 1,
+                                                                      "ceil_mode": True},
+                                    {"kernel_size": (2, 3), "stride": (1, 2), "dilation": (2, 1)}])
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_max_pool_cuda_kernels_match_the_numpy_path(kwargs, channels_last, dtype, cuda, rng):
+    # the same values, the same winners (flat indices into the padded input) and the same gradient
+    x = spread_apart(rng.standard_normal((2, 5, 13, 11))).astype(dtype)
+    if channels_last:
+        x = channels_last_copy(x)
+    results = []
+    for device in ("cpu", cuda):
+        t = mdl.tensor(x, device=device, requires_grad=True)
+        y = F.max_pool2d(t, **kwargs)
+        source = mdl.tensor(y.creator.source).numpy()
+        gy = np.linspace(-1, 1, y.size, dtype=dtype).reshape(y.shape)
+        y.backward(mdl.tensor(gy, device=device))
+        results.append((y.numpy(), source, t.grad.numpy()))
+    (y0, s0, g0), (y1, s1, g1) = results
+    np.testing.assert_array_equal(y1, y0)
+    np.testing.assert_array_equal(s1, s0)
+    np.testing.assert_allclose(g1.astype(np.float64), g0.astype(np.float64), rtol=2e-3, atol=2e-3)

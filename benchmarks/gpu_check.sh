@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The GPU session's one prepared run (issue 13): environment, the cuda test selection, the AlexNet benchmark
+# against PyTorch + cuDNN with a profile, all logged under $OUT. From the repository root on the lent machine:
+#   bash benchmarks/gpu_check.sh [quick]      (quick: tests and batch 128 only)
+set -uo pipefail
+export PYTHONPATH=$PWD:$PWD/plugins PYTHONUNBUFFERED=1
+OUT=${OUT:-/tmp/gpu-check}
+mkdir -p "$OUT"
+{
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
+  python -c "import cupy, numpy, torch; print('cupy', cupy.__version__, 'numpy', numpy.__version__, 'torch', torch.__version__, 'cuda runtime', cupy.cuda.runtime.runtimeGetVersion())"
+  git log -1 --format='commit %H %s' 2>/dev/null || true
+} > "$OUT/env.txt" 2>&1
+cat "$OUT/env.txt"
+# every test that has a cuda:0 case, plus the kernel-vs-NumPy checks; -x stops at the first failure
+timeout 300 python -m pytest -q -n 12 -p no:cacheprovider -k "cuda" tests 2>&1 | tail -60 > "$OUT/tests.log"
+tail -5 "$OUT/tests.log"
+batches=128,256
+[ "${1:-}" = quick ] && batches=128
+timeout 420 python benchmarks/bench_gpu.py --models alexnet,alexnet-torchvision --batches "$batches" \
+  --modes fp32,tf32 --steps 10 --profile --json "$OUT/bench.json" 2>&1 | tee "$OUT/bench.log"
