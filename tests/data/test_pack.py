@@ -169,3 +169,15 @@ def test_the_array_stage_on_a_device_equals_the_cpu(packed, device):
     assert str(there[0].inputs.device) == str(device).replace("cpu", "cpu:0")
     for a, b in zip(cpu, there):
         np.testing.assert_allclose(b.inputs.numpy(), a, rtol=1e-6, atol=1e-4)
+
+
+def test_a_damaged_image_inside_a_pack_is_reported_by_file_and_index(packed, tmp_path):
+    _, out, _, _, _ = packed
+    raw = bytearray((out / "val.mdlpack").read_bytes())
+    raw[HEADER.size:HEADER.size + 64] = bytes(64)  # image 0 loses its JPEG markers
+    path = tmp_path / "damaged.mdlpack"
+    path.write_bytes(bytes(raw))
+    data = PackedDataset(path)
+    assert data.decode(1).shape == (64, 64, 3)
+    with pytest.raises(PackError, match=rf"{path}: image 0 cannot be decoded as a 64x64 RGB JPEG"):
+        data.decode(0)
