@@ -107,8 +107,8 @@ class ImageFolder:
     (uint8, RGB or L with ``grayscale``) every time it is read; pack the
     folder (``minidl data pack``) to decode each image once. A corrupt or
     unreadable file is skipped: its sample is replaced by the next readable
-    one, and the file is reported once (a warning naming it) and kept in
-    ``bad_files``.
+    one (in batches and in the statistics alike), and the file is reported
+    once (a warning naming it) and kept in ``bad_files``.
     """
 
     dtype = numpy.uint8

@@ -31,7 +31,7 @@ from ..tensor import Tensor
 from .transforms import Compose, to_float
 from .windows import Windows, gather
 
-__all__ = ["DataLoader", "Batch", "read_windows"]
+__all__ = ["DataLoader", "Batch"]
 
 
 class Batch(collections.namedtuple("Batch", "inputs labels")):
@@ -45,22 +45,6 @@ class Batch(collections.namedtuple("Batch", "inputs labels")):
         batch = super().__new__(cls, inputs, labels)
         batch.index = index
         return batch
-
-
-def read_windows(dataset, indices, windows: Windows, out=None):
-    """The planned ``windows`` of images ``indices`` of ``dataset``, and their labels.
-
-    Datasets that decode (image folders, packed data) copy each window into
-    ``out`` (allocated when None) as they decode it; in-memory datasets
-    gather the windows from ``get_batch``.
-    """
-    if hasattr(dataset, "read_windows"):
-        if out is None:
-            out = numpy.empty((len(windows), dataset.sample_shape[0], windows.height, windows.width),
-                              getattr(dataset, "dtype", numpy.uint8))
-        return out, dataset.read_windows(indices, windows, out)
-    images, labels = dataset.get_batch(indices)
-    return gather(windows, images), labels
 
 
 class _Buffers:
@@ -110,13 +94,10 @@ class DataLoader:
         if isinstance(transform, (list, tuple)):
             transform = Compose(transform)
         self.dataset, self.batch_size, self.shuffle, self.drop_last = dataset, batch_size, shuffle, drop_last
+        if not isinstance(transform, Compose):
+            transform = Compose([] if transform is None else [transform])
         self.transform = transform
-        if isinstance(transform, Compose):
-            self._windows, self._arrays = transform.split()
-        elif transform is None:
-            self._windows, self._arrays = [], []
-        else:
-            self._windows, self._arrays = ([transform], []) if getattr(transform, "window", False) else ([], [transform])
+        self._windows, self._arrays = transform.split()
         self.seed, self.workers, self.prefetch = seed, max(1, workers), max(1, prefetch)
         self.device = as_device(device)
         self.to_float = to_float
@@ -155,18 +136,19 @@ class DataLoader:
         windows = self._plan(len(indices), shape, rng)
         buffer = self._buffers.take((len(windows), shape[0], windows.height, windows.width),
                                     getattr(self.dataset, "dtype", numpy.uint8))
-        _, labels = read_windows(self.dataset, indices, windows, buffer)
+        labels = self.dataset.read_windows(indices, windows, buffer)  # decodes straight into the crops
         return buffer, labels, buffer
 
     def _make(self, epoch: int, index: int, indices):
         rng = numpy.random.default_rng([self.seed, epoch, index, 1])
         host, labels, buffer = self._host_batch(indices, rng)
-        images = transfer(host, self.device)  # the uint8 crops go to the device
-        for t in self._arrays:
-            images = t(images, rng)
-        if self.to_float:
-            images = to_float(images)
-        images = get_array_module(images).ascontiguousarray(images)
+        with self.device.context():  # the rest is array code on the batch's device
+            images = transfer(host, self.device)  # the uint8 crops go to the device
+            for t in self._arrays:
+                images = t(images, rng)
+            if self.to_float:
+                images = to_float(images)
+            images = get_array_module(images).ascontiguousarray(images)
         if buffer is not None and not (isinstance(images, numpy.ndarray) and numpy.may_share_memory(images, buffer)):
             self._buffers.give(buffer)  # converted or copied away: the buffer can take the next batch
         return Batch(Tensor(images, device=self.device), labels, index)

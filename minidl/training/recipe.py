@@ -17,7 +17,7 @@ from ..builder import build_model
 from ..data import DataLoader
 from ..data.images import MissingSplitError
 from ..data.pack import available_cores
-from ..data.packed import is_packed
+from ..data.packed import PackedDataset, is_packed
 from ..data.pixels import MeanImage, Normalize
 from ..data.transforms import CenterCrop, Compose, RandomCrop, TenCrop
 from ..nn.init import constant, normal
@@ -78,9 +78,8 @@ def open_dataset(data, split: str, image_size: int | None = None, channels: int 
         else:
             raise ValueError(f"--data {data!r}: not a registered dataset ({', '.join(datasets.names())}), "
                              "an existing directory, a packed dataset or an .npz file")
-    packed_size = getattr(dataset, "sample_shape", None) if is_packed(str(data)) else None
-    if packed_size is not None and image_size is not None and packed_size[1:] != (image_size, image_size):
-        raise ValueError(f"{dataset.name}: packed at {packed_size[1]}x{packed_size[2]}, but the model's "
+    if isinstance(dataset, PackedDataset) and image_size is not None and dataset.size != image_size:
+        raise ValueError(f"{dataset.name}: packed at {dataset.size}x{dataset.size}, but the model's "
                          f"train.image_size is {image_size}: pack again with --size {image_size}")
     return dataset
 
@@ -145,7 +144,8 @@ def _check_data_fits(model, model_path, train_set, pipeline) -> None:
         raise ValueError(f"data samples are {shape}, and {out} after train.augmentation, but {model_path} "
                          f"expects {tuple(model.input_shape)}")
     classes = len(getattr(train_set, "classes", ()) or ())
-    outputs = model.nodes[-1].output_shape[-1] if getattr(model, "nodes", None) else None
+    output = tuple(getattr(model.nodes[-1], "output_shape", ()) or ()) if getattr(model, "nodes", None) else ()
+    outputs = output[0] if len(output) == 1 else None  # a classifier's (classes,) output
     if outputs is not None and classes > outputs:
         raise ValueError(f"the data has {classes} classes but {model_path} has {outputs} outputs")
 
