@@ -25,6 +25,7 @@ import numpy
 from ..io_utils import atomic_write
 from .images import decode_image, find_images
 from .packed import HEADER, MAGIC, VERSION, PackedDataset, pack_path
+from .statistics import channel_square_sums
 
 __all__ = ["pack_folder", "available_cores"]
 
@@ -42,7 +43,7 @@ def _encode_chunk(task):
 
     paths, size, quality, channels = task
     encoded = []
-    total = numpy.zeros((channels, size, size), numpy.uint64)
+    total = numpy.zeros((size, size, channels), numpy.uint64)  # (H, W, C) like the pixels: no strided adds
     squares = numpy.zeros(channels, numpy.uint64)
     for path in paths:
         try:
@@ -53,10 +54,9 @@ def _encode_chunk(task):
         buffer = io.BytesIO()
         Image.fromarray(pixels[:, :, 0] if channels == 1 else pixels).save(buffer, "JPEG", quality=quality)
         encoded.append(buffer.getvalue())
-        chw = pixels.transpose(2, 0, 1)
-        total += chw
-        squares += numpy.square(chw, dtype=numpy.uint16).sum(axis=(1, 2), dtype=numpy.uint64)
-    return encoded, total, squares
+        total += pixels
+        squares += channel_square_sums(pixels, 2)
+    return encoded, total.transpose(2, 0, 1), squares
 
 
 def _splits(folder: Path) -> list:

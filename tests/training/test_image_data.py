@@ -124,3 +124,14 @@ def test_data_that_does_not_fit_the_model_is_refused_before_training(tmp_path):
     result = run("train", model, "--data", root, "--out", tmp_path / "run", "--no-progress", check=False)
     assert result.returncode == 2
     assert "data samples are (3, 36, 36) but" in result.stderr and "expects (3, 32, 32)" in result.stderr
+
+
+def test_a_folder_without_splits_trains_without_validation(tmp_path):
+    root = make_image_folder(tmp_path / "photos", train=2, val=0) / "train"  # photos/<class>/<image>
+    model = tmp_path / "small.yaml"
+    model.write_text(textwrap.dedent(SMALL_RGB).lstrip())
+    out = tmp_path / "run"
+    result = run("train", model, "--data", root, "--out", out, "--no-progress", "--epochs", "1")
+    assert "no validation data, training without it" in result.stderr and "no test or val split" in result.stderr
+    row = json.loads((out / "metrics.jsonl").read_text())
+    assert row["epoch"] == 1 and "val_top1" not in row
