@@ -1,4 +1,4 @@
-"""The ``minidl`` command line: ``train``, ``eval``, ``predict``, ``summary``, ``plugins``."""
+"""The ``minidl`` command line: ``train``, ``eval``, ``predict``, ``summary``, ``plugins``, ``data pack``."""
 from __future__ import annotations
 
 import argparse
@@ -63,7 +63,7 @@ def _cmd_train(args) -> int:
                       lr=args.lr, device=args.device, out=args.out, seed=args.seed, preset=args.preset,
                       workers=args.workers, checkpoint_every=args.checkpoint_every, keep=args.keep,
                       progress=not args.no_progress, ten_crop=args.ten_crop, devices=args.devices,
-                      strategy=args.strategy, world=world, conv_algorithm=args.conv_algorithm)
+                      strategy=args.strategy, world=world, resume=args.resume, conv_algorithm=args.conv_algorithm)
     if world is not None and world.is_root:
         batch = trainer.train_loader.batch_size
         lr = trainer.optimizer.defaults["lr"]
@@ -105,15 +105,18 @@ def _restore_model(path, device):
 
 def _cmd_eval(args) -> int:
     from .data import DataLoader
+    from .data.pack import available_cores
     from .training.recipe import checkpoint_eval_pipeline, open_dataset
     from .training.trainer import evaluate
 
     model, loaded = _restore_model(args.checkpoint, args.device)
     meta = loaded.meta
-    dataset = open_dataset(args.data or meta["data"]["spec"], args.split)
+    dataset = open_dataset(args.data or meta["data"]["spec"], args.split, meta["data"].get("image_size"),
+                           model.input_shape[0])
     crops = 10 if args.ten_crop else 1
     loader = DataLoader(dataset, max(1, args.batch_size // crops), shuffle=False, drop_last=False,
-                        transform=checkpoint_eval_pipeline(meta, loaded.transform_state, args.ten_crop), device=args.device)
+                        transform=checkpoint_eval_pipeline(meta, loaded.transform_state, args.ten_crop),
+                        workers=args.workers or available_cores(), device=args.device)
     result = evaluate(model, loader, crops=crops)
     result.update(checkpoint=str(args.checkpoint), step=meta["step"], ten_crop=args.ten_crop)
     if args.json:
@@ -127,8 +130,8 @@ def _cmd_eval(args) -> int:
 
 def _cmd_predict(args) -> int:
     import numpy
-    from PIL import Image
 
+    from .data import decode_image
     from .grad_mode import no_grad
     from .tensor import tensor
     from .training.recipe import checkpoint_eval_pipeline
@@ -138,25 +141,35 @@ def _cmd_predict(args) -> int:
     classes = meta["data"].get("classes") or [str(i) for i in range(model.nodes[-1].output_shape[0])]
     pipeline = checkpoint_eval_pipeline(meta, loaded.transform_state)
     c, h, w = model.input_shape
+    size = meta["data"].get("image_size") or max(h, w)  # decoded as in training: short side to size, centre crop
     for path in args.images:
         try:
-            with Image.open(path) as image:
-                image = image.convert("L" if c == 1 else "RGB")
-                scale = max(h / image.height, w / image.width)
-                image = image.resize((max(w, round(image.width * scale)), max(h, round(image.height * scale))),
-                                     Image.BILINEAR)
-                left, top = (image.width - w) // 2, (image.height - h) // 2
-                array = numpy.asarray(image.crop((left, top, left + w, top + h)), dtype=numpy.uint8)
-        except (OSError, ValueError) as e:
-            print(f"{path}: cannot read image: {e}", file=sys.stderr)
+            array = decode_image(path, size, c).transpose(2, 0, 1)[None]  # (1, C, size, size)
+        except Exception as e:  # Pillow raises many types for unreadable files
+            print(f"{path}: cannot read image: {type(e).__name__}: {e}", file=sys.stderr)
             return 2
-        array = array[None, None] if array.ndim == 2 else array.transpose(2, 0, 1)[None]
         with no_grad():
             probs = model(tensor(pipeline(array, None), device=args.device)).softmax(axis=1).numpy()[0]
         top = numpy.argsort(-probs)[: args.top]
         print(f"{path}:")
         for rank, k in enumerate(top, 1):
             print(f"  {rank}. {classes[k]:<20s} {probs[k]:7.2%}")
+    return 0
+
+
+def _cmd_data_pack(args) -> int:
+    from .data.pack import available_cores, pack_folder
+
+    workers = args.workers or available_cores()
+    print(f"packing {args.folder} into {args.out}: {args.size}x{args.size} JPEGs at quality {args.quality}, "
+          f"{workers} processes")
+    summary = pack_folder(args.folder, args.out, size=args.size, quality=args.quality, workers=workers,
+                          grayscale=args.grayscale, progress=not args.no_progress)
+    for split, result in summary.items():
+        skipped = len(result["skipped"])
+        print(f"{split}: {result['images']} images -> {result['path']} ({result['path'].stat().st_size:,} bytes)"
+              + (f"; {skipped} unreadable image{'s' if skipped != 1 else ''} skipped (listed above)" if skipped
+                 else ""))
     return 0
 
 
@@ -223,6 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=500)
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--workers", type=int, help="data loading threads (default: every core)")
     p.set_defaults(run=_cmd_eval)
 
     p = sub.add_parser("predict", help="top-5 classes with probabilities for image files")
@@ -231,6 +245,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=int, default=5)
     p.add_argument("--device", default="cpu")
     p.set_defaults(run=_cmd_predict)
+
+    data = sub.add_parser("data", help="prepare datasets: `minidl data pack FOLDER OUT`")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+    p = data_sub.add_parser("pack", help="decode an image folder once into a packed dataset (OUT/<split>.mdlpack)")
+    p.add_argument("folder", help="image folder: FOLDER/train/<class>/<image> and FOLDER/val/<class>/<image> "
+                                  "(or FOLDER/<class>/<image>)")
+    p.add_argument("out", help="output directory; --data OUT trains from it")
+    p.add_argument("--size", type=int, default=256, help="side of the stored square images (default 256: the "
+                                                         "short side resized to it, centre-cropped)")
+    p.add_argument("--quality", type=int, default=90, help="JPEG quality (default 90)")
+    p.add_argument("--workers", type=int, help="decoding processes (default: every core)")
+    p.add_argument("--grayscale", action="store_true", help="store one channel instead of RGB")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(run=_cmd_data_pack)
     return parser
 
 

@@ -7,6 +7,7 @@
       scheduler: {type: cosine, t_max: 15, warmup_steps: 1}
       data: {type: fashion-mnist}
       augmentation: [{type: random_crop, size: 28, padding: 2}, {type: hflip}]
+      image_size: 256                  # image files: short side to 256, centre crop 256x256
       seed: 0
       scheduler_interval: step         # or epoch (the default)
       conv_algorithm: auto             # or a registered algorithm's name (default: the rule)
@@ -24,7 +25,7 @@ __all__ = ["TRAIN_KEYS", "validate_train_spec"]
 TRAIN_KEYS = {
     "epochs": int, "steps": int, "batch_size": int, "seed": int, "eval_batch_size": int,
     "optimizer": dict, "scheduler": dict, "data": dict, "augmentation": list, "preset": str,
-    "keep_checkpoints": int, "scheduler_interval": str, "workers": int, "conv_algorithm": str,
+    "keep_checkpoints": int, "scheduler_interval": str, "workers": int, "image_size": int, "conv_algorithm": str,
 }
 _COMPONENTS = {  # key -> (registry kind, leading positional parameters the framework passes)
     "optimizer": ("optimizers", 1),

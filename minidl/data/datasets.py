@@ -1,28 +1,25 @@
-"""Datasets: in-memory arrays (Fashion-MNIST, MNIST, .npz) and image folders (ImageNet layout).
+"""Datasets held in memory (Fashion-MNIST, MNIST, .npz), and subsets of any dataset.
 
 A dataset has ``len()``, ``classes`` (names), ``sample_shape`` (C, H, W) and
 ``get_batch(indices) -> (images (B, C, H, W) uint8 or float32, labels (B,) int64)``.
-Images stay uint8 until a transform makes them float, to keep memory and
-copies small.
+Datasets that decode files (:class:`~minidl.data.images.ImageFolder`,
+:class:`~minidl.data.packed.PackedDataset`) also have ``dtype`` and
+``read_windows(indices, windows, out)``, which decodes straight into the
+loader's cropped uint8 batch. Images stay uint8 until a transform makes them
+float, to keep memory and copies small.
 """
 from __future__ import annotations
 
-import threading
-import warnings
 from pathlib import Path
 
 import numpy
 
 from .idx import FASHION_MNIST_DIR, read_idx
 
-__all__ = [
-    "ArrayDataset", "ImageFolder", "fashion_mnist", "mnist", "npz_dataset", "FASHION_MNIST_CLASSES",
-    "IMAGE_EXTENSIONS",
-]
+__all__ = ["ArrayDataset", "Subset", "fashion_mnist", "mnist", "npz_dataset", "FASHION_MNIST_CLASSES"]
 
 FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
                          "Bag", "Ankle boot")
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG")
 
 
 class ArrayDataset:
@@ -50,6 +47,10 @@ class ArrayDataset:
     @property
     def sample_shape(self) -> tuple:
         return tuple(self.images.shape[1:])
+
+    @property
+    def dtype(self):
+        return self.images.dtype
 
     def get_batch(self, indices):
         return self.images[indices], self.labels[indices]
@@ -123,86 +124,31 @@ def npz_dataset(path: str, split: str = "train", images_key: str | None = None,
         return ArrayDataset(images, labels, classes, name=f"{path.name}/{split}")
 
 
-class ImageFolder:
-    """JPEG/PNG images in the ImageNet layout: ``root/<split>/<class>/<image>`` (or ``root/<class>/...``).
+class Subset:
+    """The images ``indices`` of ``dataset``, in that order (as ``torch.utils.data.Subset``)."""
 
-    Each image is decoded with Pillow, converted to RGB (or L with
-    ``grayscale``), resized so its short side is ``size``, and centre-cropped
-    to ``size`` x ``size`` (the paper's preprocessing before augmentation).
-    A corrupt or unreadable file is skipped: its sample is replaced by the
-    next readable one, and the file is counted and reported once.
-    """
-
-    def __init__(self, root: str, split: str = "train", size: int = 256, grayscale: bool = False):
-        base = Path(root)
-        directory = base / split if (base / split).is_dir() else base
-        if not directory.is_dir():
-            raise FileNotFoundError(f"image folder {directory} does not exist")
-        self.classes = tuple(sorted(p.name for p in directory.iterdir() if p.is_dir()))
-        if not self.classes:
-            raise FileNotFoundError(f"{directory}: no class directories (expected {directory}/<class>/<image>)")
-        self.files = []
-        self.file_labels = []
-        for label, name in enumerate(self.classes):
-            for path in sorted((directory / name).iterdir()):
-                if path.suffix in IMAGE_EXTENSIONS:
-                    self.files.append(path)
-                    self.file_labels.append(label)
-        if not self.files:
-            raise FileNotFoundError(f"{directory}: no .jpg/.jpeg/.png images in the class directories")
-        self.labels = numpy.asarray(self.file_labels, dtype=numpy.int64)
-        self.size = size
-        self.grayscale = grayscale
-        self.name = f"{directory}"
-        self.bad_files = set()
-        self._lock = threading.Lock()
+    def __init__(self, dataset, indices):
+        self.dataset = dataset
+        self.indices = numpy.asarray(indices, dtype=numpy.int64)
+        self.classes = getattr(dataset, "classes", ())
+        self.name = f"{getattr(dataset, 'name', type(dataset).__name__)}[{len(self.indices)} of {len(dataset)}]"
 
     def __len__(self):
-        return len(self.files)
+        return len(self.indices)
 
     @property
     def sample_shape(self) -> tuple:
-        return (1 if self.grayscale else 3, self.size, self.size)
+        return self.dataset.sample_shape
 
-    def _decode(self, path):
-        from PIL import Image
-
-        with Image.open(path) as image:
-            image = image.convert("L" if self.grayscale else "RGB")
-            w, h = image.size
-            scale = self.size / min(w, h)
-            image = image.resize((max(self.size, round(w * scale)), max(self.size, round(h * scale))),
-                                 Image.BILINEAR)
-            w, h = image.size
-            left, top = (w - self.size) // 2, (h - self.size) // 2
-            image = image.crop((left, top, left + self.size, top + self.size))
-            array = numpy.asarray(image, dtype=numpy.uint8)
-        return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
-
-    def load(self, i):
-        """(C, size, size) uint8 of image ``i``, or None if it cannot be read (counted in ``bad_files``)."""
-        try:
-            return self._decode(self.files[i])
-        except Exception as e:  # Pillow raises many types for corrupt files
-            with self._lock:
-                if self.files[i] not in self.bad_files:
-                    self.bad_files.add(self.files[i])
-                    warnings.warn(f"skipping unreadable image {self.files[i]}: {type(e).__name__}: {e}",
-                                  stacklevel=2)
-            return None
+    @property
+    def dtype(self):
+        return getattr(self.dataset, "dtype", numpy.uint8)
 
     def get_batch(self, indices):
-        images, labels = [], []
-        for i in indices:
-            i = int(i)
-            array = self.load(i)
-            step = 0
-            while array is None and step < len(self):  # substitute the next readable image
-                step += 1
-                i = (i + 1) % len(self)
-                array = self.load(i)
-            if array is None:
-                raise ValueError(f"{self.name}: no readable image at all")
-            images.append(array)
-            labels.append(self.labels[i])
-        return numpy.stack(images), numpy.asarray(labels, dtype=numpy.int64)
+        return self.dataset.get_batch(self.indices[numpy.asarray(indices, dtype=numpy.int64)])
+
+    def __getattr__(self, name):
+        if name == "read_windows" and hasattr(self.dataset, "read_windows"):  # decoding datasets decode in place
+            return lambda indices, windows, out: self.dataset.read_windows(
+                self.indices[numpy.asarray(indices, dtype=numpy.int64)], windows, out)
+        raise AttributeError(name)

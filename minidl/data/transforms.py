@@ -1,41 +1,56 @@
-"""Batch transforms: augmentation and normalization on (B, C, H, W) NumPy arrays.
+"""Batch transforms: crops and flips (on uint8, planned as windows), resizing, and the Compose pipeline.
 
-Each transform is called as ``t(images, rng)`` with a NumPy Generator and
-returns the new batch; random ones draw everything from ``rng``, so a
-seeded loader gives the same batches on every run. Images may be uint8
-(0-255) until :class:`Normalize` (or the loader's final float conversion)
-turns them into float32.
+Each transform is called as ``t(images, rng)`` on a batch (B, C, H, W) with a
+NumPy Generator and returns the new batch; random ones draw everything from
+``rng`` (on the host, also for GPU batches), so a seeded loader gives the
+same batches on every run and on every device. The pixel-value transforms
+(float conversion, PCA colour noise, normalization, the mean image) are in
+:mod:`minidl.data.pixels`.
+
+Crops and flips are *window* transforms: besides ``__call__`` they have
+``plan(windows, rng)``, which only decides which pixels go where (see
+:mod:`minidl.data.windows`). The loader plans a pipeline's leading window
+transforms first and copies each cropped, mirrored image once, on uint8,
+as it is decoded; ``__call__`` draws the same random numbers in the same
+order, so both ways give the same batch.
 """
 from __future__ import annotations
 
 import numpy
 
-__all__ = [
-    "Transform", "RandomCrop", "CenterCrop", "TenCrop", "Resize", "HorizontalFlip", "PCAColorNoise", "Normalize",
-    "MeanImage", "Compose", "to_float",
-]
+from ..backend import get_array_module
+from .windows import Windows, gather
 
-# RGB covariance of ImageNet pixels in [0, 1] (eigenvalues and eigenvectors), as used by the
-# public re-implementations of the paper's "PCA colour augmentation".
-IMAGENET_EIGVAL = (0.2175, 0.0188, 0.0045)
-IMAGENET_EIGVEC = ((-0.5675, 0.7192, 0.4009), (-0.5808, -0.0045, -0.8140), (-0.5836, -0.6948, 0.4203))
+__all__ = ["Transform", "RandomCrop", "CenterCrop", "TenCrop", "Resize", "HorizontalFlip", "Compose", "to_float"]
 
 
 def to_float(images, scale: float = 1.0 / 255.0):
-    """uint8 -> float32 in [0, 1]; float arrays pass through as float32."""
-    if images.dtype == numpy.uint8:
-        return images.astype(numpy.float32) * numpy.float32(scale)
-    return images.astype(numpy.float32, copy=False)
+    """uint8 -> float32 in [0, 1]; float arrays pass through as float32 (on the array's own device)."""
+    xp = get_array_module(images)
+    if images.dtype == xp.uint8:
+        out = images.astype(xp.float32)
+        out *= xp.float32(scale)
+        return out
+    return images.astype(xp.float32, copy=False)
 
 
 class Transform:
-    """Base class. ``expands`` > 1 means each image becomes that many (ten crops)."""
+    """Base class. ``expands`` > 1 means each image becomes that many (ten crops).
+
+    ``random``: draws from the generator (dropped at evaluation). ``window``:
+    has ``plan`` (a crop or flip the loader can apply while decoding).
+    """
 
     expands = 1
     random = False
+    window = False
 
     def __call__(self, images, rng):
         raise NotImplementedError
+
+    def output_shape(self, shape: tuple) -> tuple:
+        """The (C, H, W) of an output image for an input image of ``shape``."""
+        return tuple(shape)
 
     def fit(self, dataset) -> None:
         """Learn statistics from the training set (mean image); most transforms need nothing."""
@@ -50,50 +65,63 @@ class Transform:
         return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in vars(self).items() if k[0] != '_')})"
 
 
-def _gather_crops(images, tops, lefts, size):
-    """Crop images[b] at (tops[b], lefts[b]) to size x size, vectorized over the batch."""
-    b = len(images)
-    rows = tops[:, None] + numpy.arange(size)  # (B, size)
-    cols = lefts[:, None] + numpy.arange(size)
-    out = images[numpy.arange(b)[:, None, None], :, rows[:, :, None], cols[:, None, :]]  # (B, s, s, C)
-    return numpy.ascontiguousarray(out.transpose(0, 3, 1, 2))
+class WindowTransform(Transform):
+    """A crop or flip: ``plan`` decides the windows, ``__call__`` gathers them from a batch."""
+
+    window = True
+
+    def plan(self, windows: Windows, rng) -> Windows:
+        raise NotImplementedError
+
+    def __call__(self, images, rng=None):
+        b, _, h, w = images.shape
+        return gather(self.plan(Windows.whole(b, h, w), rng), images)
 
 
-class RandomCrop(Transform):
-    """A random ``size`` x ``size`` crop of each image, after zero-padding by ``padding`` (AlexNet: 224 of 256)."""
+def _check_fits(name, h, w, size):
+    if h < size or w < size:
+        raise ValueError(f"{name}: images of {h}x{w} are smaller than the crop {size}")
+
+
+class RandomCrop(WindowTransform):
+    """A random ``size`` x ``size`` crop of each image, after zero-padding by ``padding`` (AlexNet: 227 of 256)."""
 
     random = True
 
     def __init__(self, size: int, padding: int = 0):
         self.size, self.padding = size, padding
 
-    def __call__(self, images, rng):
-        if self.padding:
-            p = self.padding
-            images = numpy.pad(images, ((0, 0), (0, 0), (p, p), (p, p)))
-        b, _, h, w = images.shape
-        if h < self.size or w < self.size:
-            raise ValueError(f"random_crop: images of {h}x{w} are smaller than the crop {self.size}")
-        tops = rng.integers(0, h - self.size + 1, size=b)
-        lefts = rng.integers(0, w - self.size + 1, size=b)
-        return _gather_crops(images, tops, lefts, self.size)
+    def plan(self, windows, rng):
+        p = self.padding
+        if p:
+            windows = windows.padded()
+        _check_fits("random_crop", windows.height + 2 * p, windows.width + 2 * p, self.size)
+        tops = rng.integers(0, windows.height + 2 * p - self.size + 1, size=len(windows))
+        lefts = rng.integers(0, windows.width + 2 * p - self.size + 1, size=len(windows))
+        return windows.sub(tops - p, lefts - p, self.size, self.size)
+
+    def output_shape(self, shape):
+        return (shape[0], self.size, self.size)
 
 
-class CenterCrop(Transform):
+class CenterCrop(WindowTransform):
     """The central ``size`` x ``size`` crop."""
 
     def __init__(self, size: int):
         self.size = size
 
-    def __call__(self, images, rng=None):
-        h, w = images.shape[2:]
-        if h < self.size or w < self.size:
-            raise ValueError(f"center_crop: images of {h}x{w} are smaller than the crop {self.size}")
-        top, left = (h - self.size) // 2, (w - self.size) // 2
-        return numpy.ascontiguousarray(images[:, :, top:top + self.size, left:left + self.size])
+    def plan(self, windows, rng=None):
+        h, w, s = windows.height, windows.width, self.size
+        _check_fits("center_crop", h, w, s)
+        # centred in the image as it looks now (for a mirrored window, its mirror's centre crop)
+        count = len(windows)
+        return windows.sub(numpy.full(count, (h - s) // 2), numpy.full(count, (w - s) // 2), s, s)
+
+    def output_shape(self, shape):
+        return (shape[0], self.size, self.size)
 
 
-class TenCrop(Transform):
+class TenCrop(WindowTransform):
     """The paper's test-time crops: four corners and the centre, and their mirror images.
 
     Output is (B*10, C, size, size), the ten crops of each image together.
@@ -105,39 +133,23 @@ class TenCrop(Transform):
     def __init__(self, size: int, padding: int = 0):
         self.size, self.padding = size, padding
 
-    def __call__(self, images, rng=None):
-        if self.padding:
-            p = self.padding
-            images = numpy.pad(images, ((0, 0), (0, 0), (p, p), (p, p)))
-        h, w = images.shape[2:]
-        s = self.size
-        corners = [(0, 0), (0, w - s), (h - s, 0), (h - s, w - s), ((h - s) // 2, (w - s) // 2)]
-        crops = [images[:, :, t:t + s, l:l + s] for t, l in corners]
-        crops += [c[..., ::-1] for c in crops]
-        return numpy.ascontiguousarray(numpy.stack(crops, axis=1).reshape((-1,) + images.shape[1:2] + (s, s)))
+    def plan(self, windows, rng=None):
+        p, s = self.padding, self.size
+        if p:
+            windows = windows.padded()
+        h, w = windows.height + 2 * p, windows.width + 2 * p
+        _check_fits("ten_crop", h, w, s)
+        corners = numpy.array([(0, 0), (0, w - s), (h - s, 0), (h - s, w - s), ((h - s) // 2, (w - s) // 2)]) - p
+        count = len(windows)
+        tiled = numpy.tile(numpy.concatenate([corners, corners]), (count, 1))  # (count*10, 2)
+        crops = windows.repeat(10).sub(tiled[:, 0], tiled[:, 1], s, s)
+        return crops.mirrored(numpy.tile(numpy.arange(10) >= 5, count))
+
+    def output_shape(self, shape):
+        return (shape[0], self.size, self.size)
 
 
-class Resize(Transform):
-    """Resize each image so its short side is ``size`` (bilinear, with Pillow)."""
-
-    def __init__(self, size: int):
-        self.size = size
-
-    def __call__(self, images, rng=None):
-        from PIL import Image
-
-        out = []
-        for image in images:
-            c, h, w = image.shape
-            scale = self.size / min(h, w)
-            new = (max(self.size, round(w * scale)), max(self.size, round(h * scale)))
-            planes = [numpy.asarray(Image.fromarray(plane).resize(new, Image.BILINEAR)) for plane in
-                      (image if image.dtype == numpy.uint8 else image.astype(numpy.float32))]
-            out.append(numpy.stack(planes))
-        return numpy.stack(out)
-
-
-class HorizontalFlip(Transform):
+class HorizontalFlip(WindowTransform):
     """Mirror each image left-right with probability ``p``."""
 
     random = True
@@ -145,107 +157,84 @@ class HorizontalFlip(Transform):
     def __init__(self, p: float = 0.5):
         self.p = p
 
-    def __call__(self, images, rng):
-        flip = rng.random(len(images)) < self.p
-        if not flip.any():
-            return images
-        out = images.copy()
-        out[flip] = images[flip][..., ::-1]
-        return out
+    def plan(self, windows, rng):
+        return windows.mirrored(rng.random(len(windows)) < self.p)
 
 
-class PCAColorNoise(Transform):
-    """The paper's colour augmentation: add sum_i alpha_i * lambda_i * p_i to every pixel, alpha ~ N(0, std^2).
+class Resize(Transform):
+    """Resize each image so its short side is ``size`` (bilinear, with Pillow; NumPy batches only).
 
-    ``eigval``/``eigvec`` are the RGB covariance's eigenvalues and eigenvectors
-    (columns) for pixels in [0, 1]; ImageNet's by default. Applied to float
-    images in [0, 1] (after conversion), before normalization.
+    Image folders and packed datasets resize while decoding (``train: image_size``);
+    this transform is for in-memory arrays.
     """
 
-    random = True
+    def __init__(self, size: int):
+        self.size = size
 
-    def __init__(self, std: float = 0.1, eigval: list | None = None, eigvec: list | None = None):
-        self.std = std
-        self.eigval = numpy.asarray(eigval or IMAGENET_EIGVAL, dtype=numpy.float32)
-        self.eigvec = numpy.asarray(eigvec or IMAGENET_EIGVEC, dtype=numpy.float32)
-
-    def __call__(self, images, rng):
-        images = to_float(images)
-        c = images.shape[1]
-        if c != len(self.eigval):
-            raise ValueError(f"pca_noise: {len(self.eigval)} eigenvalues for images with {c} channels")
-        alpha = rng.normal(0.0, self.std, size=(len(images), c)).astype(numpy.float32)
-        shift = (alpha * self.eigval) @ self.eigvec.T  # (B, C)
-        return images + shift[:, :, None, None]
-
-
-class Normalize(Transform):
-    """(x / 255 - mean) / std per channel (uint8 input), or (x - mean) / std for float input."""
-
-    def __init__(self, mean: list, std: list):
-        self.mean = [float(m) for m in mean]
-        self.std = [float(s) for s in std]
+    def _new_size(self, h, w):
+        scale = self.size / min(h, w)
+        return max(self.size, round(h * scale)), max(self.size, round(w * scale))
 
     def __call__(self, images, rng=None):
-        images = to_float(images)
-        mean = numpy.asarray(self.mean, dtype=numpy.float32)[:, None, None]
-        std = numpy.asarray(self.std, dtype=numpy.float32)[:, None, None]
-        if len(self.mean) not in (1, images.shape[1]):
-            raise ValueError(f"normalize: {len(self.mean)} means for images with {images.shape[1]} channels")
-        return (images - mean) / std
+        from PIL import Image
 
+        if not isinstance(images, numpy.ndarray):
+            raise TypeError(f"resize: works on NumPy batches (it uses Pillow), got {type(images).__name__}; "
+                            "resize image files while decoding them instead (train: image_size)")
+        new_h, new_w = self._new_size(*images.shape[2:])
+        out = []
+        for image in images:
+            planes = [numpy.asarray(Image.fromarray(plane).resize((new_w, new_h), Image.BILINEAR)) for plane in
+                      (image if image.dtype == numpy.uint8 else image.astype(numpy.float32))]
+            out.append(numpy.stack(planes))
+        return numpy.stack(out)
 
-class MeanImage(Transform):
-    """Subtract the training set's mean image (the paper's only normalization); learned by ``fit``."""
-
-    def __init__(self, samples: int = 10000):
-        self.samples = samples
-        self._mean = None
-
-    def fit(self, dataset):
-        if self._mean is not None:
-            return
-        count = min(len(dataset), self.samples)
-        indices = numpy.linspace(0, len(dataset) - 1, count).astype(numpy.int64)
-        total = None
-        for start in range(0, count, 256):
-            images, _ = dataset.get_batch(indices[start:start + 256])
-            part = to_float(images).sum(axis=0, dtype=numpy.float64)
-            total = part if total is None else total + part
-        self._mean = (total / count).astype(numpy.float32)
-
-    def __call__(self, images, rng=None):
-        if self._mean is None:
-            raise ValueError("mean_image: call fit(training_dataset) first (the trainer does)")
-        return to_float(images) - self._mean
-
-    def state_dict(self):
-        return {} if self._mean is None else {"mean": self._mean}
-
-    def load_state_dict(self, state):
-        if "mean" in state:
-            self._mean = numpy.asarray(state["mean"], dtype=numpy.float32)
+    def output_shape(self, shape):
+        return (shape[0],) + self._new_size(*shape[1:])
 
 
 class Compose(Transform):
-    """Apply transforms in order, then make sure the result is float32."""
+    """Apply transforms in order, then make sure the result is float32.
+
+    ``split()`` gives the leading window transforms (crops and flips the
+    loader applies on uint8 while decoding) and the rest (array code that
+    runs on the batch's device).
+    """
 
     def __init__(self, transforms):
         self.transforms = list(transforms)
-        self.expands = int(numpy.prod([t.expands for t in self.transforms])) if self.transforms else 1
+        self.expands = int(numpy.prod([getattr(t, "expands", 1) for t in self.transforms])) if self.transforms else 1
 
     def __call__(self, images, rng):
         for t in self.transforms:
             images = t(images, rng)
         return to_float(images)
 
+    def split(self) -> tuple:
+        """(leading window transforms, the remaining transforms)."""
+        count = 0
+        while count < len(self.transforms) and getattr(self.transforms[count], "window", False):
+            count += 1
+        return self.transforms[:count], self.transforms[count:]
+
+    def output_shape(self, shape):
+        for t in self.transforms:
+            if not isinstance(t, Transform):
+                return None  # a plain callable: its output shape is not known in advance
+            shape = t.output_shape(shape)
+        return tuple(shape)
+
     def fit(self, dataset):
         for t in self.transforms:
-            t.fit(dataset)
+            if isinstance(t, Transform):
+                t.fit(dataset)
 
     def state_dict(self):
-        return {f"{i}.{k}": v for i, t in enumerate(self.transforms) for k, v in t.state_dict().items()}
+        return {f"{i}.{k}": v for i, t in enumerate(self.transforms) if isinstance(t, Transform)
+                for k, v in t.state_dict().items()}
 
     def load_state_dict(self, state):
         for i, t in enumerate(self.transforms):
-            t.load_state_dict({k.split(".", 1)[1]: v for k, v in state.items() if k.split(".", 1)[0] == str(i)})
+            if isinstance(t, Transform):
+                t.load_state_dict({k.split(".", 1)[1]: v for k, v in state.items()
+                                   if k.split(".", 1)[0] == str(i)})

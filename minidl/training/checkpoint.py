@@ -23,7 +23,7 @@ from ..io_utils import atomic_write
 from ..safetensors_io import SafetensorsError, read_header, read_safetensors
 
 __all__ = ["write_checkpoint", "save_checkpoint", "load_checkpoint", "list_checkpoints", "latest_valid_checkpoint", "CheckpointError",
-           "FORMAT", "conv_algorithm_records", "restore_conv_algorithms"]
+           "FORMAT", "read_transform_state", "conv_algorithm_records", "restore_conv_algorithms"]
 
 FORMAT = "minidl-checkpoint-1"
 _NAME = re.compile(r"^ckpt-(\d{9})\.safetensors$")
@@ -132,6 +132,20 @@ def latest_valid_checkpoint(directory):
         except CheckpointError as e:
             warnings.warn(f"skipping corrupt checkpoint: {e}", stacklevel=2)
     return None
+
+
+def read_transform_state(path) -> dict:
+    """A checkpoint's transform statistics (``transform/<key>``: the mean image, ...) without its weights."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    try:
+        header, _, _ = read_header(path)
+        names = [name for name in header if name.startswith("transform/")]
+        with safe_open(str(path), "numpy") as f:
+            return {name[len("transform/"):]: f.get_tensor(name) for name in names}
+    except (SafetensorsError, OSError) as e:
+        raise CheckpointError(f"{path}: {e}" if str(path) not in str(e) else str(e)) from None
 
 
 def conv_algorithm_records(model) -> list:

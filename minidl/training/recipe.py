@@ -8,19 +8,23 @@ in conv2, conv4, conv5 and the hidden fully connected layers (0 elsewhere).
 from __future__ import annotations
 
 import copy
+import warnings
 from pathlib import Path
-
-import numpy
 
 from .. import random
 from ..backend import as_device, cuda_device_count
 from ..builder import build_model
 from ..data import DataLoader
-from ..data.transforms import CenterCrop, Compose, MeanImage, Normalize, RandomCrop, TenCrop, to_float
+from ..data.images import MissingSplitError
+from ..data.pack import available_cores
+from ..data.packed import PackedDataset, is_packed
+from ..data.pixels import MeanImage, Normalize
+from ..data.transforms import CenterCrop, Compose, RandomCrop, TenCrop
 from ..functions.conv_algorithm import AUTO, get_algorithm
 from ..nn.init import constant, normal
 from ..plugins import get_plugin_manager, registry
 from ..yaml_loader import plain
+from .checkpoint import CheckpointError, list_checkpoints, read_transform_state
 from .trainer import Trainer
 
 __all__ = ["PAPER_PRESET", "apply_paper_init", "open_dataset", "make_transforms", "eval_transforms",
@@ -47,25 +51,38 @@ def apply_paper_init(model) -> None:
             layer.bias.data = constant(value)(layer.bias.shape, layer.bias.dtype, layer.bias.device)
 
 
-def open_dataset(data, split: str):
-    """A dataset from a registered name ("fashion-mnist"), a mapping ({type: npz, path: ...}) or a path."""
+def open_dataset(data, split: str, image_size: int | None = None, channels: int = 3):
+    """A dataset from a registered name ("fashion-mnist"), a mapping ({type: npz, path: ...}) or a path
+    (an IDX directory, an .npz file, a packed dataset, or an image folder decoded to ``image_size``).
+
+    A packed dataset must have been packed at ``image_size`` when one is given.
+    """
     datasets = registry("datasets")
     if isinstance(data, dict):
         options = {k: v for k, v in data.items() if k != "type"}
-        return datasets.create(data["type"], split=split, **options)
-    if data in datasets:
-        return datasets.create(data, split=split)
-    path = Path(str(data))
-    if path.suffix == ".npz":
-        return datasets.create("npz", path=str(path), split=split)
-    if path.is_dir():
-        if any(path.glob("*-images-idx3-ubyte*")):
-            return datasets.create("fashion-mnist", split=split, root=str(path))
-        folder_split = split if (path / split).is_dir() else ("val" if split == "test" and (path / "val").is_dir()
-                                                              else split)
-        return datasets.create("image_folder", root=str(path), split=folder_split)
-    raise ValueError(f"--data {data!r}: not a registered dataset ({', '.join(datasets.names())}), "
-                     "an existing directory, or an .npz file")
+        if data["type"] in ("image_folder", "imagefolder") and image_size is not None:
+            options.setdefault("size", image_size)
+        dataset = datasets.create(data["type"], split=split, **options)
+    elif data in datasets:
+        dataset = datasets.create(data, split=split)
+    else:
+        path = Path(str(data))
+        if path.suffix == ".npz":
+            dataset = datasets.create("npz", path=str(path), split=split)
+        elif is_packed(path):
+            dataset = datasets.create("packed", path=str(path), split=split)
+        elif path.is_dir() and any(path.glob("*-images-idx3-ubyte*")):
+            dataset = datasets.create("fashion-mnist", split=split, root=str(path))
+        elif path.is_dir():
+            dataset = datasets.create("image_folder", root=str(path), split=split, size=image_size or 256,
+                                      grayscale=channels == 1)
+        else:
+            raise ValueError(f"--data {data!r}: not a registered dataset ({', '.join(datasets.names())}), "
+                             "an existing directory, a packed dataset or an .npz file")
+    if isinstance(dataset, PackedDataset) and image_size is not None and dataset.size != image_size:
+        raise ValueError(f"{dataset.name}: packed at {dataset.size}x{dataset.size}, but the model's "
+                         f"train.image_size is {image_size}: pack again with --size {image_size}")
+    return dataset
 
 
 def make_transforms(specs) -> list:
@@ -107,13 +124,31 @@ def _center(crop: RandomCrop):
     return None if crop.padding else CenterCrop(crop.size)
 
 
-def _channel_stats(dataset) -> tuple:
-    """Per-channel mean and std of (up to 10,000) training images in [0, 1]."""
-    count = min(len(dataset), 10000)
-    indices = numpy.linspace(0, len(dataset) - 1, count).astype(numpy.int64)
-    images, _ = dataset.get_batch(indices)
-    images = to_float(images)
-    return images.mean(axis=(0, 2, 3)).tolist(), images.std(axis=(0, 2, 3)).tolist()
+def _saved_transform_state(out) -> dict | None:
+    """The statistics stored with a run (in its newest readable checkpoint), for ``--resume``."""
+    for path in reversed(list_checkpoints(Path(out) / "checkpoints")) if out is not None else ():
+        try:
+            return read_transform_state(path)
+        except CheckpointError:
+            continue
+    return None
+
+
+def _check_data_fits(model, model_path, train_set, pipeline) -> None:
+    """Clear errors, before training starts, for data the model cannot take."""
+    shape = tuple(train_set.sample_shape)
+    out = pipeline.output_shape(shape)
+    if out is not None and tuple(out) != tuple(model.input_shape):
+        if out == shape:
+            raise ValueError(f"data samples are {shape} but {model_path} expects {tuple(model.input_shape)} "
+                             "(a crop in train.augmentation, or train.image_size for image folders, would fit them)")
+        raise ValueError(f"data samples are {shape}, and {out} after train.augmentation, but {model_path} "
+                         f"expects {tuple(model.input_shape)}")
+    classes = len(getattr(train_set, "classes", ()) or ())
+    output = tuple(getattr(model.nodes[-1], "output_shape", ()) or ()) if getattr(model, "nodes", None) else ()
+    outputs = output[0] if len(output) == 1 else None  # a classifier's (classes,) output
+    if outputs is not None and classes > outputs:
+        raise ValueError(f"the data has {classes} classes but {model_path} has {outputs} outputs")
 
 
 def apply_conv_algorithm(model, request) -> None:
@@ -130,13 +165,15 @@ def apply_conv_algorithm(model, request) -> None:
 
 def prepare(model_path, data=None, epochs=None, steps=None, batch_size=None, lr=None, device="cpu", out=None,
             seed=None, preset=None, workers=None, checkpoint_every=None, keep=None, progress=True,
-            ten_crop=False, devices=None, strategy=None, world=None, conv_algorithm=None) -> Trainer:
+            ten_crop=False, devices=None, strategy=None, world=None, resume=False, conv_algorithm=None) -> Trainer:
     """Build the model, data, optimizer and scheduler for ``minidl train`` and return the Trainer.
 
     ``devices``/``strategy`` (default: the model file's) split the model over
     devices; batches are then loaded onto the first of them. With an MPI
     ``world``, training is data-parallel over its processes (each on GPU
-    ``local_rank`` when ``device`` is a CUDA device). ``conv_algorithm``
+    ``local_rank`` when ``device`` is a CUDA device). The data statistics the
+    augmentation needs (mean image, channel means) are computed from the
+    training data once; with ``resume`` they come from the run's checkpoint. ``conv_algorithm``
     (default: ``train: {conv_algorithm: ...}``) is the algorithm of every
     convolution layer that does not name its own (see :func:`apply_conv_algorithm`).
     """
@@ -163,24 +200,32 @@ def prepare(model_path, data=None, epochs=None, steps=None, batch_size=None, lr=
     data = data or train.get("data")
     if data is None:
         raise ValueError(f"{model_path}: no data: pass --data NAME|PATH or add train.data to the model file")
-    train_set, test_set = open_dataset(data, "train"), open_dataset(data, "test")
-    if tuple(train_set.sample_shape) != tuple(model.input_shape) and not train.get("augmentation"):
-        raise ValueError(f"data samples are {train_set.sample_shape} but {model_path} expects {model.input_shape}")
+    image_size, channels = train.get("image_size"), model.input_shape[0]
+    train_set = open_dataset(data, "train", image_size, channels)
+    try:
+        test_set = open_dataset(data, "test", image_size, channels)
+    except MissingSplitError as e:  # an image folder without a val split: train without validation
+        warnings.warn(f"no validation data, training without it: {e}", stacklevel=2)
+        test_set = None
     augmentation = make_transforms(train.get("augmentation"))
     if not _normalizes(augmentation):
-        mean, std = _channel_stats(train_set)
-        augmentation.append(Normalize(mean, std))
+        augmentation.append(Normalize())  # per-channel mean and std of the training data
     pipeline = Compose(augmentation)
-    pipeline.fit(train_set)
+    _check_data_fits(model, model_path, train_set, pipeline)
+    saved = _saved_transform_state(out) if resume else None
+    if saved:
+        pipeline.load_state_dict(saved)
+    pipeline.fit(train_set)  # computes only what the saved state did not give
     batch_size = batch_size or train.get("batch_size", 128)
-    workers = workers or train.get("workers", 2)
+    decodes = hasattr(train_set, "read_windows")
+    workers = workers or train.get("workers") or (available_cores() if decodes else 2)
     train_loader = DataLoader(train_set, batch_size, shuffle=True, drop_last=True, transform=pipeline, seed=seed,
                               workers=workers, device=device)
     evaluation = eval_transforms(augmentation, ten_crop=ten_crop)
     crops = 10 if ten_crop else 1
-    val_loader = DataLoader(test_set, max(1, train.get("eval_batch_size", 500) // crops), shuffle=False,
-                            drop_last=False, transform=Compose(evaluation), seed=seed, workers=workers,
-                            device=device)
+    val_loader = None if test_set is None else DataLoader(
+        test_set, max(1, train.get("eval_batch_size", 500) // crops), shuffle=False, drop_last=False,
+        transform=Compose(evaluation), seed=seed, workers=workers, device=device)
 
     optimizer_spec = dict(train.get("optimizer", {"type": "sgd", "lr": 0.01, "momentum": 0.9}))
     if lr is not None:
@@ -204,7 +249,7 @@ def prepare(model_path, data=None, epochs=None, steps=None, batch_size=None, lr=
         "model_spec": plain(model.spec),
         "model_file": str(model_path),
         "data": {"spec": plain(data), "classes": list(getattr(train_set, "classes", [])),
-                 "train_transforms": plain(train.get("augmentation", [])),
+                 "image_size": image_size, "train_transforms": plain(train.get("augmentation", [])),
                  "normalize": next(({"mean": t.mean, "std": t.std} for t in augmentation
                                     if isinstance(t, Normalize)), None)},
         "plugins": {name: {"package": p.package, "version": p.version, "status": p.status}

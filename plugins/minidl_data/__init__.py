@@ -1,6 +1,7 @@
 """minidl's built-in datasets and transforms, registered as a plugin."""
 import minidl
 from minidl import data
+from minidl.data.packed import packed_dataset
 
 
 @minidl.hookimpl
@@ -9,6 +10,7 @@ def minidl_register_datasets(register):
     register("mnist", data.mnist)
     register("npz", data.npz_dataset)
     register("image_folder", data.ImageFolder, aliases=("imagefolder",))
+    register("packed", packed_dataset, aliases=("mdlpack",))
 
 
 @minidl.hookimpl

@@ -98,3 +98,56 @@ def test_loader_keeps_last_partial_batch_for_evaluation():
 def test_crop_larger_than_image_is_an_error():
     with pytest.raises(ValueError, match="smaller than the crop 9"):
         RandomCrop(9)(images(), np.random.default_rng(0))
+
+
+def test_for_x_y_in_loader_and_each_iteration_is_the_next_epoch():
+    data = ArrayDataset(images(20, 1), np.arange(20) % 4)
+    loader = DataLoader(data, 5, transform=[RandomCrop(6), HorizontalFlip()], seed=3)
+    epochs = [[(x.numpy(), y) for x, y in loader] for _ in range(2)]
+    for e, got in enumerate(epochs):
+        want = list(loader.epoch(e))
+        assert len(got) == len(want) == 4
+        for (x, y), batch in zip(got, want):
+            np.testing.assert_array_equal(x, batch.inputs.numpy())
+            np.testing.assert_array_equal(y, batch.labels)
+    assert not np.array_equal(epochs[0][0][1], epochs[1][0][1])  # epoch 1 is in another order
+    loader.set_epoch(5)
+    x5, y5 = next(iter(loader))
+    np.testing.assert_array_equal(y5, next(iter(loader.epoch(5))).labels)
+    assert loader.next_epoch == 6
+    batch = next(iter(loader.epoch(0)))
+    assert batch.index == 0 and len(batch) == 2
+
+
+def test_statistics_from_a_sample_and_the_fitted_normalizations():
+    from minidl.data import dataset_statistics
+
+    x = images(30, 3, 6, 5, seed=4)
+    data = ArrayDataset(x, np.zeros(30, np.int64))
+    stats = dataset_statistics(data, samples=10)
+    sample = x[np.linspace(0, 29, 10).astype(np.int64)].astype(np.float64) / 255
+    assert stats["count"] == 10
+    np.testing.assert_allclose(stats["mean_image"], sample.mean(axis=0), rtol=1e-6)
+    np.testing.assert_allclose(stats["channel_mean"], sample.mean(axis=(0, 2, 3)), rtol=1e-12)
+    np.testing.assert_allclose(stats["channel_std"], sample.std(axis=(0, 2, 3)), rtol=1e-9)
+    everything = x.astype(np.float64) / 255
+    norm = Normalize()
+    norm.fit(data)  # 10,000 samples by default: all 30 here
+    np.testing.assert_allclose(norm.mean, everything.mean(axis=(0, 2, 3)), rtol=1e-9)
+    restored = Normalize()
+    restored.load_state_dict(norm.state_dict())
+    np.testing.assert_array_equal(restored(x), norm(x))
+    paper = MeanImage(scale=255)
+    paper.fit(data)
+    out = paper(x[:, :, 1:5, 1:4])  # a 4x3 crop: the mean's centre 4x3 is subtracted
+    np.testing.assert_allclose(out, x[:, :, 1:5, 1:4] - 255 * everything.mean(axis=0)[:, 1:5, 1:4], atol=2e-4)
+    channels = MeanImage(per_channel=True)
+    channels.fit(data)
+    np.testing.assert_allclose(channels(x).mean(axis=(0, 2, 3)), 0, atol=1e-6)
+
+
+def test_normalize_needs_both_or_neither():
+    with pytest.raises(ValueError, match="give both mean and std, or neither"):
+        Normalize(mean=[0.5])
+    with pytest.raises(ValueError, match="call fit"):
+        Normalize()(images())
