@@ -15,16 +15,21 @@ _REDUCTIONS = ("mean", "sum", "none")
 
 
 class CrossEntropy(Function):
-    """Softmax cross-entropy of logits (N, C) against integer class labels (N,)."""
+    """Softmax cross-entropy of logits (N, C) against integer class labels (N,), the target optionally
+    smoothed: (1 - s) on the label and s / C on every class."""
 
-    def __init__(self, reduction):
+    def __init__(self, reduction, label_smoothing=0.0):
         self.reduction = reduction
+        self.smoothing = label_smoothing
 
     def forward(self, logits, labels):
         xp = get_array_module(logits)
         n = logits.shape[0]
         log_probs = log_softmax_array(logits, axis=1)
         losses = -log_probs[xp.arange(n), labels]
+        if self.smoothing:
+            losses *= 1.0 - self.smoothing
+            losses -= self.smoothing * log_probs.mean(axis=1)
         if self.reduction == "mean":
             return losses.mean() if n else losses.sum()
         if self.reduction == "sum":
@@ -35,18 +40,18 @@ class CrossEntropy(Function):
         logits, labels = self.inputs
         xp = get_array_module(logits.data)
         n, classes = logits.shape
-        one_hot = xp.zeros(logits.shape, dtype=logits.dtype)
-        one_hot[xp.arange(n), labels.data] = 1
+        target = xp.full(logits.shape, self.smoothing / classes, dtype=logits.dtype)
+        target[xp.arange(n), labels.data] += 1.0 - self.smoothing
         if self.reduction == "none":
             scale = gy.reshape(n, 1)
         elif self.reduction == "mean":
             scale = gy * (1.0 / max(n, 1))
         else:
             scale = gy
-        return (softmax(logits, axis=1) - _wrap(one_hot, logits.device)) * scale, None
+        return (softmax(logits, axis=1) - _wrap(target, logits.device)) * scale, None
 
 
-def cross_entropy(logits, labels, reduction: str = "mean") -> Tensor:
+def cross_entropy(logits, labels, reduction: str = "mean", label_smoothing: float = 0.0) -> Tensor:
     """Cross-entropy between ``softmax(logits)`` and integer class labels.
 
     Stable for large logits (log-sum-exp with the max subtracted).
@@ -55,11 +60,15 @@ def cross_entropy(logits, labels, reduction: str = "mean") -> Tensor:
         logits: (N, C) unnormalised scores.
         labels: (N,) integers in [0, C).
         reduction: "mean" (default), "sum" or "none" (per-sample losses).
+        label_smoothing: s in [0, 1): the target puts 1 - s on the label and s / C on every class
+            (as PyTorch's ``label_smoothing``).
 
     >>> loss = cross_entropy(model(x), y)
     """
     if reduction not in _REDUCTIONS:
         raise ValueError(f"cross_entropy: reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+    if not 0.0 <= label_smoothing < 1.0:
+        raise ValueError(f"cross_entropy: label_smoothing must be in [0, 1), got {label_smoothing}")
     label_array = labels.data if isinstance(labels, Tensor) else labels
     if logits.ndim != 2:
         raise ShapeError(f"cross_entropy: logits must be (N, C), got shape {logits.shape}", "cross_entropy")
@@ -82,4 +91,4 @@ def cross_entropy(logits, labels, reduction: str = "mean") -> Tensor:
                 f"cross_entropy: label {low if low < 0 else high} is out of range for {logits.shape[1]} classes",
                 "cross_entropy",
             )
-    return CrossEntropy(reduction)(logits, label_array)
+    return CrossEntropy(reduction, float(label_smoothing))(logits, label_array)

@@ -94,3 +94,17 @@ def test_dtype_kept(reduction, dtype, device, rng):
     dtype = mdl.bfloat16 if dtype == "bfloat16" else dtype
     check_dtype(lambda x: F.cross_entropy(x, labels, reduction=reduction), [fixed_array(rng, (4, 3))], dtype,
                 device)
+
+
+@pytest.mark.parametrize("smoothing", [0.1, 0.3])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_cross_entropy_label_smoothing_like_torch(smoothing, reduction, device, torch, rng):
+    logits, labels = rng.standard_normal((6, 5)) * 3, rng.integers(0, 5, 6)
+    check_op(lambda x: F.cross_entropy(x, labels, reduction, label_smoothing=smoothing), [logits], device, torch, None,
+             lambda t: torch.nn.functional.cross_entropy(t, torch.from_numpy(labels), reduction=reduction,
+                                                         label_smoothing=smoothing))
+
+
+def test_cross_entropy_label_smoothing_range():
+    with pytest.raises(ValueError, match="label_smoothing must be in"):
+        F.cross_entropy(mdl.tensor(np.zeros((2, 3))), np.array([0, 1]), label_smoothing=1.0)
