@@ -56,7 +56,7 @@ def test_build_from_mapping_and_graph_forms(tmp_path):
         {"name": "cat", "type": "concat", "inputs": ["sum", "c1"]},
         {"type": "flatten"},
     ]}
-    model = build_model(spec)
+    model = build_model(spec, dtype="float64")  # float64 inputs need a float64 model (no silent promotion)
     assert not model.sequential and model.nodes[-1].output_shape == (64,)
     x = mdl.tensor(np.random.default_rng(1).standard_normal((3, 2, 4, 4)), requires_grad=True)
     y = model(x)
