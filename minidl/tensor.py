@@ -11,6 +11,8 @@ below them in the import order).
 """
 from __future__ import annotations
 
+import copy
+
 import numpy
 
 from . import backend
@@ -147,6 +149,19 @@ class Tensor:
     def detach(self) -> "Tensor":
         """A tensor sharing this one's data (and version counter), cut from the graph (requires_grad=False)."""
         return Tensor(self, device=self.device)
+
+    def __deepcopy__(self, memo):
+        # copy.deepcopy(model) works as in PyTorch: new arrays, the same (immutable) device
+        if self.creator is not None:
+            raise RuntimeError("only leaf tensors can be deep-copied (as in PyTorch): this one was computed by a "
+                               "recorded op; detach() it first")
+        twin = type(self).__new__(type(self))
+        memo[id(self)] = twin
+        twin.data = self.data.copy()
+        twin.device, twin.requires_grad, twin.name = self.device, self.requires_grad, self.name
+        twin.grad = None if self.grad is None else copy.deepcopy(self.grad, memo)
+        twin.creator, twin._retain_grad, twin._vc = None, self._retain_grad, None
+        return twin
 
     def requires_grad_(self, requires_grad: bool = True) -> "Tensor":
         """Set ``requires_grad`` in place; only floating-point tensors can require grad."""

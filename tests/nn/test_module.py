@@ -275,3 +275,17 @@ def test_optimizer_state_loads_into_a_rebuilt_model_by_position():
     step(rebuilt, opt2)
     for (name, p), (_, q) in zip(model.named_parameters(), rebuilt.named_parameters()):
         np.testing.assert_array_equal(p.numpy(), q.numpy(), err_msg=name)
+
+
+def test_deepcopy_of_a_model_as_in_pytorch():
+    import copy
+
+    net = Net()
+    twin = copy.deepcopy(net)  # a Device holds its array module, which cannot be copied: tensors copy their arrays
+    assert [n for n, _ in twin.named_parameters()] == [n for n, _ in net.named_parameters()]
+    assert twin.shared is twin.a.scale and twin.a.scale is not net.a.scale  # sharing kept inside the copy
+    with mdl.no_grad():
+        twin.a.scale += 1.0
+    assert net.a.scale.numpy().tolist() == [1.0, 1.0, 1.0]
+    with pytest.raises(RuntimeError, match="only leaf tensors can be deep-copied"):
+        copy.deepcopy(net.a.scale * 2)
