@@ -157,7 +157,7 @@ def run_backward(roots, grads, retain_graph: bool, create_graph: bool, capture: 
                 gys.append(None if entry is None else entry[1])
             if len(gys) > 1 and any(g is None for g in gys):
                 gys = [g if g is not None else _zeros_for(meta) for g, meta in zip(gys, fn.output_meta)]
-            if fn.input_versions is not None or fn.output_versions is not None:
+            if fn.saves_output or fn.saves_inputs and _any_modified(fn.inputs):
                 fn.check_saved_versions()
             gxs = fn.backward(*gys)
             if not isinstance(gxs, tuple):
@@ -174,6 +174,14 @@ def run_backward(roots, grads, retain_graph: bool, create_graph: bool, capture: 
             if not retain_graph:
                 fn.inputs = None
                 fn.release()
+
+
+def _any_modified(tensors) -> bool:
+    """Whether any of ``tensors`` has a version counter (was modified in place or viewed): then check them."""
+    for t in tensors:
+        if t._vc is not None:
+            return True
+    return False
 
 
 def _check_grad(fn, x: Tensor, gx) -> Tensor:

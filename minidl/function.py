@@ -52,7 +52,7 @@ class Function:
     returns_view = False  # forward may return a view of its first input, which then shares its version counter
     keeps_dtype = False  # True for ops whose output dtype is the point (astype): exempt from the float32 default
     wraps_errors = True  # NumPy's errors in forward become OpErrors naming the op (False: raised as they are)
-    input_versions = output_versions = None  # the versions checked before backward
+    input_versions = output_versions = None  # recorded versions, only where some were not 0 (None: all were 0)
 
     def __call__(self, *inputs):
         device = None
@@ -87,13 +87,15 @@ class Function:
             raise op_error(self.name, e, arrays) from None
         if not isinstance(ys, tuple):
             ys = (ys,)
-        if ys[0].dtype == _FLOAT64 and not self.keeps_dtype:
+        if ys[0].dtype is _FLOAT64 and not self.keeps_dtype:  # (NumPy's native dtypes are singletons)
             ys = _no_float64_from(arrays, ys)
         out_devices = self.output_devices or [self.output_device or device] * len(ys)
         outputs = [_wrap(y if not isinstance(y, numpy.generic) else numpy.asarray(y), d) for y, d in zip(ys, out_devices)]
         if self.returns_view:
+            x = arrays[0]
             for y in outputs:
-                if device.xp.may_share_memory(y.data, arrays[0]):
+                base = y.data.base  # a view's base is the array owning the memory (NumPy and CuPy)
+                if base is not None and (base is x or base is x.base):
                     _share_version(tensors[0], y)
         record = False
         if _mode.enabled and _is_float_dtype(outputs[0].data.dtype):
@@ -116,18 +118,26 @@ class Function:
         self.outputs = tuple(weakref.ref(y) for y in outputs)
         if len(outputs) > 1:
             self.output_meta = [(y.shape, y.dtype, y.device) for y in outputs]
-        if self.saves_inputs:
-            self.input_versions = tuple(0 if x._vc is None else x._vc[0] for x in inputs)
+        if self.saves_inputs:  # tensors never modified in place have no counter (version 0): nothing to store
+            for x in inputs:
+                if x._vc is not None:
+                    self.input_versions = tuple(t._version for t in inputs)
+                    break
         if self.saves_output:
-            self.output_versions = tuple(0 if y._vc is None else y._vc[0] for y in outputs)
+            for y in outputs:
+                if y._vc is not None:
+                    self.output_versions = tuple(t._version for t in outputs)
+                    break
 
     def check_saved_versions(self) -> None:
         """Raise if a tensor this op's backward reads was modified in place after the op ran (as PyTorch does)."""
         saved = []
-        if self.input_versions is not None:
-            saved += [(x, v, f"input {i}") for i, (x, v) in enumerate(zip(self.inputs, self.input_versions))]
-        if self.output_versions is not None:
-            saved += [(ref(), v, f"output {i}") for i, (ref, v) in enumerate(zip(self.outputs, self.output_versions))]
+        if self.saves_inputs:
+            versions = self.input_versions or (0,) * len(self.inputs)
+            saved += [(x, v, f"input {i}") for i, (x, v) in enumerate(zip(self.inputs, versions))]
+        if self.saves_output:
+            versions = self.output_versions or (0,) * len(self.outputs)
+            saved += [(ref(), v, f"output {i}") for i, (ref, v) in enumerate(zip(self.outputs, versions))]
         for t, version, role in saved:
             if t is not None and t._version != version:
                 raise RuntimeError(
@@ -172,9 +182,9 @@ def _no_float64_from(arrays, ys):
         if dtype.kind in "fV" and (widest is None or dtype.itemsize > widest.itemsize):
             widest = dtype
     target = DEFAULT_DTYPE if widest is None else widest
-    if target == _FLOAT64:
+    if target is _FLOAT64:
         return ys
-    return tuple(y.astype(target) if y.dtype == _FLOAT64 else y for y in ys)
+    return tuple(y.astype(target) if y.dtype is _FLOAT64 else y for y in ys)
 
 
 def _constant(value, device, ref_dtype, op) -> Tensor:

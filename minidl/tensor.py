@@ -21,6 +21,7 @@ from .backend import CPU, Device, as_device
 __all__ = ["Tensor", "Parameter", "tensor", "as_tensor", "DEFAULT_DTYPE"]
 
 DEFAULT_DTYPE = numpy.dtype(numpy.float32)
+_autograd = None  # minidl.autograd, imported by the first backward()
 
 
 def _is_float_dtype(dtype) -> bool:
@@ -200,15 +201,18 @@ class Tensor:
             (x * x).sum().backward()
             x.grad   # tensor([2., 4.])
         """
-        from .autograd import _initial_grad, run_backward  # the engine sits above Tensor
+        global _autograd
+        if _autograd is None:  # the engine sits above Tensor in the import order: found on first use
+            from . import autograd as engine
 
+            _autograd = engine
         if not self.requires_grad:
             raise RuntimeError(
                 "backward() called on a tensor that does not require grad "
                 "(no input had requires_grad=True, or it was computed under no_grad())"
             )
-        grad = _initial_grad(self, grad)
-        run_backward((self,), (grad,), retain_graph=retain_graph or create_graph, create_graph=create_graph)
+        grad = _autograd._initial_grad(self, grad)
+        _autograd.run_backward((self,), (grad,), retain_graph=retain_graph or create_graph, create_graph=create_graph)
 
     # Operators and most methods are attached by minidl.functions.
 
