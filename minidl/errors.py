@@ -70,5 +70,8 @@ def annotate_layer_error(error: BaseException, name: str, type_name: str, index:
     shapes = [tuple(getattr(x, "shape", ())) for x in inputs]
     where = f"layer {index} {name!r} ({type_name}{', ' + source if source else ''})"
     noun = "shapes" if len(shapes) > 1 else "shape"
-    error.layer_name, error.layer_type, error.layer_index, error.input_shapes = name, type_name, index, shapes
+    try:
+        error.layer_name, error.layer_type, error.layer_index, error.input_shapes = name, type_name, index, shapes
+    except AttributeError:  # an exception type that takes no attributes: the message still says it
+        pass
     prefix_message(error, f"{where}, input {noun} {' and '.join(map(str, shapes))}: ")

@@ -32,8 +32,8 @@ def registered_class(kinds, name: str, namespace: str):
             return next(iter(found))
         if len(found) > 1:
             providers = " and ".join(entry.plugin.provider for entry in found.values())
-            raise AttributeError(f"{namespace}.{name} is ambiguous: classes of that name are registered by {providers}; "
-                                 "use minidl.plugins.registry(...) with the registered name instead")
+            raise AttributeError(f"{namespace}.{name} is ambiguous: classes of that name are registered by "
+                                 f"{providers}; use minidl.plugins.registry(...) with the registered name instead")
     raise AttributeError(f"module {namespace!r} has no attribute {name!r}")
 
 

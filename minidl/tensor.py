@@ -39,7 +39,7 @@ class Tensor:
     """
 
     # _vc: the version counter, [n] once the data was modified in place or a view of it was taken
-    # (views share one counter, as in PyTorch); None means version 0 and saves a list per op output.
+    # (views share one counter, as in PyTorch); None means version 0 (no list made for every op output).
     __slots__ = ("data", "grad", "requires_grad", "creator", "device", "name", "_retain_grad", "_vc", "__weakref__")
     __array_priority__ = 200  # ndarray (op) Tensor defers to Tensor's reflected operator
 
@@ -212,7 +212,8 @@ class Tensor:
                 "(no input had requires_grad=True, or it was computed under no_grad())"
             )
         grad = _autograd._initial_grad(self, grad)
-        _autograd.run_backward((self,), (grad,), retain_graph=retain_graph or create_graph, create_graph=create_graph)
+        _autograd.run_backward((self,), (grad,), retain_graph=retain_graph or create_graph,
+                               create_graph=create_graph)
 
     # Operators and most methods are attached by minidl.functions.
 

@@ -5,16 +5,7 @@ import pytest
 
 import minidl as mdl
 from minidl.plugins import registry, reset_plugin_manager
-from tests.plugins.conftest import SWISH_SOURCE, write_distribution
-
-
-@pytest.fixture
-def fresh_plugins(monkeypatch):
-    monkeypatch.delenv("MINIDL_DISABLE_PLUGINS", raising=False)
-    monkeypatch.delenv("MINIDL_STRICT_PLUGINS", raising=False)
-    reset_plugin_manager()
-    yield
-    reset_plugin_manager()
+from tests.plugins.conftest import SWISH_SOURCE, fresh_plugins, write_distribution  # noqa: F401 - a fixture
 
 
 def test_builtin_layers_optimizers_and_schedulers_by_class_name():

@@ -136,7 +136,8 @@ def fill_(x: Tensor, value) -> Tensor:
     """Set every element to ``value``; returns ``x``."""
     _check_allowed(x, None, "fill_")
     try:
-        x.data.fill(value)
+        with x.device.context():
+            x.data.fill(value)
     except ValueError as e:
         raise _value_error(x, value, "fill_", e) from None
     return _bump(x)

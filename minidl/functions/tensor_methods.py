@@ -45,9 +45,12 @@ def _reshape(self, *shape):
 
 
 def _transpose(self, *axes):
-    """``x.transpose()`` reverses the axes; ``x.transpose(axes)`` / ``x.transpose(*axes)`` permutes them (NumPy);
-    ``x.transpose(dim0, dim1)`` with two axes swaps them (PyTorch; for a matrix both readings agree, except
-    ``(0, 1)``, which swaps)."""
+    """Reverse the axes, permute them (NumPy), or swap two of them (PyTorch).
+
+    ``x.transpose()`` reverses; ``x.transpose(axes)`` and ``x.transpose(*axes)``
+    with every axis permute; ``x.transpose(dim0, dim1)`` swaps two axes. For a
+    matrix both readings of two axes agree, except ``(0, 1)``, which swaps.
+    """
     if not axes or axes == (None,):
         return array.transpose(self)
     if len(axes) == 1:
@@ -55,11 +58,6 @@ def _transpose(self, *axes):
     if len(axes) == 2:
         return array.swapaxes(self, *axes)
     return array.transpose(self, axes)
-
-
-def _flatten(self, start_dim: int = 0, end_dim: int = -1):
-    """Merge axes ``start_dim..end_dim`` into one (all of them by default: a 1-D result), as in PyTorch."""
-    return array.flatten(self, start_dim, end_dim)
 
 
 def _squeeze(self, axis=None, *, dim=None):
@@ -142,7 +140,7 @@ def attach_tensor_methods() -> None:
         "log_softmax": nn.log_softmax,
         "reshape": _reshape,
         "view": _reshape,
-        "flatten": _flatten,
+        "flatten": array.flatten,
         "transpose": _transpose,
         "permute": array.permute,
         "swapaxes": array.swapaxes,

@@ -28,7 +28,7 @@ from ..tensor import Parameter, Tensor, parse_to_args
 __all__ = ["Module", "Sequential", "IncompatibleKeys", "StateDictKeyError"]
 
 IncompatibleKeys = namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])
-IncompatibleKeys.__doc__ = "What ``load_state_dict(strict=False)`` skipped: names missing from the state, and extra ones."
+IncompatibleKeys.__doc__ = "What ``load_state_dict(strict=False)`` skipped: names missing from the state, extra ones."
 
 
 class StateDictKeyError(KeyError):

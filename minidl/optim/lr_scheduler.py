@@ -1,4 +1,4 @@
-"""The registered learning-rate schedulers by class name, where PyTorch keeps them: ``mdl.optim.lr_scheduler.StepLR``."""
+"""The registered learning-rate schedulers by class name, where PyTorch has them: ``mdl.optim.lr_scheduler.StepLR``."""
 from .scheduler import Scheduler
 
 __all__ = ["Scheduler"]

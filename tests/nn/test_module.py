@@ -130,10 +130,10 @@ def test_layer_constructors_take_pytorchs_positional_order(torch):
         assert ours(mdl.tensor(xin)).shape == tuple(theirs(torch.from_numpy(xin)).shape)
     assert mdl.nn.Linear(256, 10).weight.shape == tuple(torch.nn.Linear(256, 10).weight.shape)
     assert mdl.nn.Linear(256, 10, False).bias is None
-    for args in [(3,), (3, 2), (3, 2, 1), (2, 1, 0, 2)]:
-        assert mdl.nn.MaxPool2d(*args)(mdl.tensor(x)).shape == tuple(torch.nn.MaxPool2d(*args)(torch.from_numpy(x)).shape)
-    for args in [(3, 2, 1), (3, 2, 1, True)]:
-        assert mdl.nn.AvgPool2d(*args)(mdl.tensor(x)).shape == tuple(torch.nn.AvgPool2d(*args)(torch.from_numpy(x)).shape)
+    for name, args in [("MaxPool2d", (3,)), ("MaxPool2d", (3, 2)), ("MaxPool2d", (3, 2, 1)), ("MaxPool2d", (2, 1, 0, 2)),
+                       ("AvgPool2d", (3, 2, 1)), ("AvgPool2d", (3, 2, 1, True))]:
+        ours, theirs = getattr(mdl.nn, name)(*args), getattr(torch.nn, name)(*args)
+        assert ours(mdl.tensor(x)).shape == tuple(theirs(torch.from_numpy(x)).shape)
     bn = mdl.nn.BatchNorm2d(3, 1e-3, 0.2)
     assert (bn.num_features, bn.eps, bn.momentum) == (3, 1e-3, 0.2)
 
