@@ -87,7 +87,7 @@ class Function:
             raise op_error(self.name, e, arrays) from None
         if not isinstance(ys, tuple):
             ys = (ys,)
-        if getattr(ys[0], "dtype", None) is _FLOAT64 and not self.keeps_dtype:  # (native dtypes are singletons)
+        if ys[0].dtype is _FLOAT64 and not self.keeps_dtype:  # (NumPy's native dtypes are singletons)
             ys = _no_float64_from(arrays, ys)
         out_devices = self.output_devices or [self.output_device or device] * len(ys)
         outputs = [_wrap(y if not isinstance(y, numpy.generic) else numpy.asarray(y), d) for y, d in zip(ys, out_devices)]
