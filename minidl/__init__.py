@@ -22,7 +22,8 @@ from .functions.conv_algorithm import (
 )
 from .hookspecs import hookimpl
 from .grad_mode import enable_grad, is_grad_enabled, no_grad, set_grad_enabled
-from .tensor import Parameter, Tensor, as_tensor, grad, tensor
+from .autograd import grad
+from .tensor import Parameter, Tensor, as_tensor, tensor
 
 __version__ = "0.1.0"
 

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 
 import numpy
 
+from .errors import annotate_layer_error
 from .grad_mode import no_grad
 from .nn import Module
 from .parallel import PlacementError, make_strategy, parse_devices
@@ -95,15 +96,26 @@ class Model(Module):
         return {node.name: node.module for node in self.nodes}
 
     def forward(self, x):
+        """Run the layers; an error names the layer (index, name, type, model file) and its input shapes."""
         if self.placement is not None:  # split over devices by a strategy
             return self.placement.forward(self, x)
         if self.sequential:
-            for node in self.nodes:
-                x = node.module(x)
+            node = None
+            try:
+                for node in self.nodes:
+                    x = node.module(x)
+            except Exception as e:
+                annotate_layer_error(e, node.name, node.type, node.index, [x], self.source)
+                raise
             return x
         values = {"input": x}
         for node in self.nodes:
-            values[node.name] = node.module(*[values[name] for name in node.inputs])
+            inputs = [values[name] for name in node.inputs]
+            try:
+                values[node.name] = node.module(*inputs)
+            except Exception as e:
+                annotate_layer_error(e, node.name, node.type, node.index, inputs, self.source)
+                raise
             for name in dict.fromkeys(node.inputs):  # a layer may read one value twice ([x, x])
                 if self._last_use.get(name) == node.index and name != self.output:
                     del values[name]

@@ -71,7 +71,7 @@ def _cmd_train(args) -> int:
               f"({batch // world.size}{'+' if batch % world.size else ''} per process), lr {lr:g} "
               "(not scaled: each update uses the global batch's mean gradient)")
     try:
-        trainer.fit(resume=args.resume)
+        trainer.fit(resume=args.resume, handle_sigint=True)  # Ctrl-C: finish the step, checkpoint, stop
     except NonFiniteError as e:
         print(f"minidl train: stopped: {e}", file=sys.stderr)
         return 3

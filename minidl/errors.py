@@ -3,7 +3,10 @@ from __future__ import annotations
 
 from .backend import DeviceError
 
-__all__ = ["OpError", "ShapeError", "OpTypeError", "OpIndexError", "DeviceError", "describe_operands"]
+__all__ = [
+    "OpError", "ShapeError", "OpTypeError", "OpIndexError", "DeviceError", "describe_operands", "annotate_layer_error",
+    "prefix_message",
+]
 
 
 class OpError(Exception):
@@ -42,3 +45,33 @@ def op_error(op: str, error: Exception, arrays) -> OpError:
     if isinstance(error, IndexError) and not isinstance(error, ValueError):
         return OpIndexError(message, op)
     return ShapeError(message, op)
+
+
+def prefix_message(error: BaseException, prefix: str) -> None:
+    """Put ``prefix`` in front of ``error``'s message, in place: its type, fields and traceback stay."""
+    if len(error.args) == 1 and isinstance(error.args[0], str):
+        error.args = (prefix + error.args[0],)
+    elif hasattr(error, "add_note"):  # an exception with structured args (OSError, ...): a note instead
+        error.add_note(prefix.rstrip(": "))
+
+
+def annotate_layer_error(error: BaseException, name: str, type_name: str, index: int, inputs,
+                         source: str | None = None) -> None:
+    """Say in ``error`` which layer of a model raised it and on what input shapes.
+
+    The exception keeps its type and fields (a ShapeError stays a ShapeError
+    with its ``op``) and gains ``layer_name``, ``layer_type``, ``layer_index``
+    and ``input_shapes``; its message starts with, e.g.,
+    ``layer 7 'fc6' (linear, models/alexnet.yaml), input shape (2, 576): ``.
+    The innermost layer wins when models are nested.
+    """
+    if getattr(error, "layer_name", None) is not None:
+        return
+    shapes = [tuple(getattr(x, "shape", ())) for x in inputs]
+    where = f"layer {index} {name!r} ({type_name}{', ' + source if source else ''})"
+    noun = "shapes" if len(shapes) > 1 else "shape"
+    try:
+        error.layer_name, error.layer_type, error.layer_index, error.input_shapes = name, type_name, index, shapes
+    except AttributeError:  # an exception type that takes no attributes: the message still says it
+        pass
+    prefix_message(error, f"{where}, input {noun} {' and '.join(map(str, shapes))}: ")

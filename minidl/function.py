@@ -29,9 +29,11 @@ import numpy
 from . import backend
 from .errors import op_error
 from .grad_mode import _mode
-from .tensor import Tensor, _is_float_dtype, _wrap
+from .tensor import DEFAULT_DTYPE, Tensor, _is_float_dtype, _share_version, _wrap
 
 __all__ = ["Function"]
+
+_FLOAT64 = numpy.dtype(numpy.float64)
 
 
 class Function:
@@ -44,6 +46,13 @@ class Function:
     output_device = None  # set by ops whose outputs live elsewhere than their inputs
     mixed_devices = False  # True for ops whose operands may live on several devices (device-split layers)
     output_devices = None  # with mixed_devices: the device of each output
+    # What backward reads, so a value modified in place in between is caught (see minidl.autograd):
+    saves_inputs = True  # the inputs' values (False for ops that need only their shapes: add, reshape, ...)
+    saves_output = False  # the output's values (exp, tanh, relu, ...)
+    returns_view = False  # forward may return a view of its first input, which then shares its version counter
+    keeps_dtype = False  # True for ops whose output dtype is the point (astype): exempt from the float32 default
+    wraps_errors = True  # NumPy's errors in forward become OpErrors naming the op (False: raised as they are)
+    input_versions = output_versions = None  # recorded versions, only where some were not 0 (None: all were 0)
 
     def __call__(self, *inputs):
         device = None
@@ -73,11 +82,21 @@ class Function:
             else:
                 ys = self.forward(*arrays)
         except (ValueError, TypeError, IndexError) as e:
+            if not self.wraps_errors:
+                raise
             raise op_error(self.name, e, arrays) from None
         if not isinstance(ys, tuple):
             ys = (ys,)
+        if ys[0].dtype is _FLOAT64 and not self.keeps_dtype:  # (NumPy's native dtypes are singletons)
+            ys = _no_float64_from(arrays, ys)
         out_devices = self.output_devices or [self.output_device or device] * len(ys)
         outputs = [_wrap(y if not isinstance(y, numpy.generic) else numpy.asarray(y), d) for y, d in zip(ys, out_devices)]
+        if self.returns_view:
+            x = arrays[0]
+            for y in outputs:
+                base = y.data.base  # a view's base is the array owning the memory (NumPy and CuPy)
+                if base is not None and (base is x or base is x.base):
+                    _share_version(tensors[0], y)
         record = False
         if _mode.enabled and _is_float_dtype(outputs[0].data.dtype):
             for x in tensors:
@@ -99,6 +118,34 @@ class Function:
         self.outputs = tuple(weakref.ref(y) for y in outputs)
         if len(outputs) > 1:
             self.output_meta = [(y.shape, y.dtype, y.device) for y in outputs]
+        if self.saves_inputs:  # tensors never modified in place have no counter (version 0): nothing to store
+            for x in inputs:
+                if x._vc is not None:
+                    self.input_versions = tuple(t._version for t in inputs)
+                    break
+        if self.saves_output:
+            for y in outputs:
+                if y._vc is not None:
+                    self.output_versions = tuple(t._version for t in outputs)
+                    break
+
+    def check_saved_versions(self) -> None:
+        """Raise if a tensor this op's backward reads was modified in place after the op ran (as PyTorch does)."""
+        saved = []
+        if self.saves_inputs:
+            versions = self.input_versions or (0,) * len(self.inputs)
+            saved += [(x, v, f"input {i}") for i, (x, v) in enumerate(zip(self.inputs, versions))]
+        if self.saves_output:
+            versions = self.output_versions or (0,) * len(self.outputs)
+            saved += [(ref(), v, f"output {i}") for i, (ref, v) in enumerate(zip(self.outputs, versions))]
+        for t, version, role in saved:
+            if t is not None and t._version != version:
+                raise RuntimeError(
+                    "one of the variables needed for gradient computation has been modified by an inplace "
+                    f"operation: [{t.dtype} tensor of shape {t.shape}], which is {role} of {self.name}, is at "
+                    f"version {t._version}; expected version {version} instead. Hint: compute a new tensor "
+                    "(y = y * 2) instead of modifying it in place (y *= 2), or do the in-place change after backward."
+                )
 
     @property
     def name(self) -> str:
@@ -122,10 +169,36 @@ class Function:
         """Drop whatever the op saved for backward (when the graph is freed, or was never recorded)."""
 
 
+def _no_float64_from(arrays, ys):
+    """Outputs cast down to the widest floating input dtype (float32 when none is floating).
+
+    NumPy computes int64 * 0.5, an int mean or int / int in float64; PyTorch
+    gives the default float dtype, and so does minidl: float64 appears only
+    where an operand is float64.
+    """
+    widest = None
+    for a in arrays:
+        dtype = a.dtype
+        if dtype.kind in "fV" and (widest is None or dtype.itemsize > widest.itemsize):
+            widest = dtype
+    target = DEFAULT_DTYPE if widest is None else widest
+    if target is _FLOAT64:
+        return ys
+    return tuple(y.astype(target) if y.dtype is _FLOAT64 else y for y in ys)
+
+
 def _constant(value, device, ref_dtype, op) -> Tensor:
-    """Turn a Python number or array operand into a constant Tensor on ``device``."""
-    if isinstance(value, (bool, int, float)) and _is_float_dtype(ref_dtype):
+    """Turn a Python number or array operand into a constant Tensor on ``device``.
+
+    A number (Python's or a NumPy scalar) takes a floating tensor's dtype, as
+    in PyTorch: ``x * 0.5`` stays float32 for a float32 ``x``.
+    """
+    is_number = isinstance(value, (bool, int, float)) or (
+        isinstance(value, numpy.generic) and value.dtype.kind in "biuf")
+    if is_number and _is_float_dtype(ref_dtype):
         array = numpy.asarray(value, dtype=ref_dtype)
+    elif isinstance(value, (float, numpy.floating)):  # a float with an integer tensor: the default float dtype
+        array = numpy.asarray(value, dtype=DEFAULT_DTYPE)
     elif isinstance(value, (bool, int, float, complex, list, tuple, numpy.ndarray, numpy.generic)):
         array = numpy.asarray(value)
     elif hasattr(value, "dtype") and hasattr(value, "shape") and backend.device_of_array(value) == device:

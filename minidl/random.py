@@ -14,7 +14,7 @@ import numpy
 
 from .backend import as_device
 
-__all__ = ["manual_seed", "generator", "uniform", "normal", "get_state", "set_state", "batch_shard"]
+__all__ = ["manual_seed", "generator", "uniform", "normal", "get_state", "set_state", "batch_shard", "fork_rng"]
 
 
 class _Shard(threading.local):
@@ -51,6 +51,24 @@ def manual_seed(seed: int) -> None:
     _seed = int(seed)
     _cpu = numpy.random.default_rng(_seed)
     _cuda.clear()
+
+
+@contextlib.contextmanager
+def fork_rng():
+    """Run a block whose seeding and draws leave the global generators as they were (``torch.random.fork_rng``).
+
+    >>> with mdl.random.fork_rng():
+    ...     mdl.random.manual_seed(0)      # only inside the block
+    """
+    global _cpu, _seed
+    saved_cpu, saved_state, saved_seed, saved_cuda = _cpu, _cpu.bit_generator.state, _seed, dict(_cuda)
+    try:
+        yield
+    finally:
+        _cpu, _seed = saved_cpu, saved_seed
+        _cpu.bit_generator.state = saved_state
+        _cuda.clear()
+        _cuda.update(saved_cuda)
 
 
 def _new_cuda_generator(index, seed):

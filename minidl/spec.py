@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import difflib
+import functools
 import inspect
+import operator
 import types
 import typing
 from dataclasses import dataclass
@@ -62,6 +64,10 @@ class Param:
 def schema_of(entry, skip: int = 0) -> dict:
     """name -> Param for a registry entry: its explicit ``schema=`` option, else its signature.
 
+    A ``required=(names...)`` registration option marks keys a model file
+    must give even though the signature defaults them (to None, so that
+    Python callers can use PyTorch's positional order and leave them out).
+
     ``skip`` drops leading positional parameters the framework fills in
     (an optimizer's ``params``, a scheduler's ``optimizer``).
     """
@@ -82,7 +88,24 @@ def schema_of(entry, skip: int = 0) -> dict:
         hints = {}
     accepted = [p for name, p in inspect.signature(target).parameters.items()
                 if name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
-    return {p.name: Param(p.name, hints.get(p.name, typing.Any), p.default) for p in accepted[skip:]}
+    required = set(entry.options.get("required", ()))  # None-defaulted in Python (positional order), not in files
+    schema = {}
+    for p in accepted[skip:]:
+        annotation = hints.get(p.name, typing.Any)
+        if p.name in required:
+            schema[p.name] = Param(p.name, _without_none(annotation))
+        else:
+            schema[p.name] = Param(p.name, annotation, p.default)
+    return schema
+
+
+def _without_none(annotation):
+    """``int | None`` -> ``int``: a required key's value cannot be null."""
+    args = typing.get_args(annotation)
+    if not (isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union):
+        return annotation
+    kept = [a for a in args if a is not type(None)]
+    return functools.reduce(operator.or_, kept) if kept else annotation
 
 
 def _type_name(annotation) -> str:

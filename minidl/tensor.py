@@ -1,9 +1,9 @@
-"""Tensor, Parameter and the reverse-mode engine behind ``Tensor.backward``.
+"""Tensor and Parameter.
 
 A Tensor wraps one NumPy or CuPy array (``.data``) together with the device it
 lives on and, when it was produced by a recorded op, the Function that made it
 (``.creator``). ``backward()`` walks those creators in reverse topological
-order, iteratively, so arbitrarily long chains work.
+order (the engine is :mod:`minidl.autograd`).
 
 The arithmetic operators and methods such as ``sum`` or ``reshape`` are
 attached by :mod:`minidl.functions` (the ops live there; this module stays
@@ -11,18 +11,17 @@ below them in the import order).
 """
 from __future__ import annotations
 
-import heapq
-import itertools
+import copy
 
 import numpy
 
 from . import backend
 from .backend import CPU, Device, as_device
-from .grad_mode import enable_grad, no_grad
 
-__all__ = ["Tensor", "Parameter", "tensor", "as_tensor", "grad", "DEFAULT_DTYPE"]
+__all__ = ["Tensor", "Parameter", "tensor", "as_tensor", "DEFAULT_DTYPE"]
 
 DEFAULT_DTYPE = numpy.dtype(numpy.float32)
+_autograd = None  # minidl.autograd, imported by the first backward()
 
 
 def _is_float_dtype(dtype) -> bool:
@@ -39,10 +38,21 @@ class Tensor:
     ``device``, ``shape`` and ``dtype``.
     """
 
-    __slots__ = ("data", "grad", "requires_grad", "creator", "device", "name", "_retain_grad", "__weakref__")
+    # _vc: the version counter, [n] once the data was modified in place or a view of it was taken
+    # (views share one counter, as in PyTorch); None means version 0 (no list made for every op output).
+    __slots__ = ("data", "grad", "requires_grad", "creator", "device", "name", "_retain_grad", "_vc", "__weakref__")
     __array_priority__ = 200  # ndarray (op) Tensor defers to Tensor's reflected operator
 
     def __init__(self, data, requires_grad: bool = False, device=None, name: str | None = None):
+        source = None
+        if isinstance(data, Tensor):  # share the data (as torch.nn.Parameter(t) does), never nest
+            source, data = data, data.data
+            if device is None:
+                device = source.device
+            elif as_device(device) != source.device:
+                source = None  # a copy on another device: nothing shared
+        elif not (hasattr(data, "dtype") and hasattr(data, "shape")):  # a number or a (nested) list
+            data = tensor(data).data
         if device is None:
             self.device = backend.device_of_array(data)
         else:
@@ -53,6 +63,7 @@ class Tensor:
         self.creator = None
         self.name = name
         self._retain_grad = False
+        self._vc = None
         self.requires_grad = False
         if requires_grad:
             self.requires_grad_(True)
@@ -79,7 +90,14 @@ class Tensor:
         """True for tensors not produced by a recorded op (inputs and parameters)."""
         return self.creator is None
 
+    @property
+    def _version(self) -> int:
+        """How many times the data was modified in place (shared with views, as in PyTorch)."""
+        return 0 if self._vc is None else self._vc[0]
+
     def __len__(self):
+        if self.ndim == 0:
+            raise TypeError("len() of a 0-d tensor")
         return len(self.data)
 
     def __repr__(self):
@@ -105,18 +123,46 @@ class Tensor:
         """The values as a NumPy array (copied from the GPU when needed; no graph)."""
         return backend.transfer(self.data, CPU)
 
+    def __array__(self, dtype=None, copy=None):
+        # np.asarray(t): the CPU data itself (no copy unless asked); a GPU tensor must be fetched explicitly
+        if self.device.type != "cpu":
+            raise TypeError(f"cannot convert a tensor on {self.device} to a NumPy array implicitly; "
+                            "use t.numpy() (copies it to the host)")
+        if copy:
+            return numpy.array(self.data, dtype=dtype, copy=True)
+        return self.data if dtype is None else self.data.astype(dtype, copy=False)
+
     def item(self):
         """The single value of a one-element tensor as a Python number."""
         if self.size != 1:
             raise ValueError(f"item() needs a tensor with one element, got shape {self.shape}")
         return self.data.reshape(()).item()
 
+    def __float__(self):
+        return float(self.item())
+
+    def __int__(self):
+        return int(self.item())
+
     def tolist(self):
         return self.numpy().tolist()
 
     def detach(self) -> "Tensor":
-        """A tensor sharing this one's data, cut from the graph (requires_grad=False)."""
-        return Tensor(self.data, device=self.device)
+        """A tensor sharing this one's data (and version counter), cut from the graph (requires_grad=False)."""
+        return Tensor(self, device=self.device)
+
+    def __deepcopy__(self, memo):
+        # copy.deepcopy(model) works as in PyTorch: new arrays, the same (immutable) device
+        if self.creator is not None:
+            raise RuntimeError("only leaf tensors can be deep-copied (as in PyTorch): this one was computed by a "
+                               "recorded op; detach() it first")
+        twin = type(self).__new__(type(self))
+        memo[id(self)] = twin
+        twin.data = self.data.copy()
+        twin.device, twin.requires_grad, twin.name = self.device, self.requires_grad, self.name
+        twin.grad = None if self.grad is None else copy.deepcopy(self.grad, memo)
+        twin.creator, twin._retain_grad, twin._vc = None, self._retain_grad, None
+        return twin
 
     def requires_grad_(self, requires_grad: bool = True) -> "Tensor":
         """Set ``requires_grad`` in place; only floating-point tensors can require grad."""
@@ -155,13 +201,19 @@ class Tensor:
             (x * x).sum().backward()
             x.grad   # tensor([2., 4.])
         """
+        global _autograd
+        if _autograd is None:  # the engine sits above Tensor in the import order: found on first use
+            from . import autograd as engine
+
+            _autograd = engine
         if not self.requires_grad:
             raise RuntimeError(
                 "backward() called on a tensor that does not require grad "
                 "(no input had requires_grad=True, or it was computed under no_grad())"
             )
-        grad = _initial_grad(self, grad)
-        run_backward((self,), (grad,), retain_graph=retain_graph or create_graph, create_graph=create_graph)
+        grad = _autograd._initial_grad(self, grad)
+        _autograd.run_backward((self,), (grad,), retain_graph=retain_graph or create_graph,
+                               create_graph=create_graph)
 
     # Operators and most methods are attached by minidl.functions.
 
@@ -178,58 +230,11 @@ class Parameter(Tensor):
         return "Parameter(" + super().__repr__()[len("tensor("):]
 
 
-def grad(outputs, inputs, grad_outputs=None, retain_graph: bool | None = None,
-         create_graph: bool = False, allow_unused: bool = False):
-    """Gradients of ``outputs`` with respect to ``inputs``, returned instead of stored in ``.grad``.
-
-    Args:
-        outputs: a Tensor or a sequence of Tensors.
-        inputs: a Tensor or a sequence of Tensors that require grad.
-        grad_outputs: one gradient per output (may be omitted for one-element outputs).
-        retain_graph: keep the graph (default: the value of ``create_graph``).
-        create_graph: make the returned gradients differentiable.
-        allow_unused: return None for an input the outputs do not depend on
-            (otherwise that is an error).
-
-    Returns a tuple with one gradient per input.
-
-    >>> (gx,) = mdl.grad(y, [x], create_graph=True)
-    """
-    outputs = (outputs,) if isinstance(outputs, Tensor) else tuple(outputs)
-    inputs = (inputs,) if isinstance(inputs, Tensor) else tuple(inputs)
-    if grad_outputs is None:
-        grad_outputs = (None,) * len(outputs)
-    elif isinstance(grad_outputs, Tensor):
-        grad_outputs = (grad_outputs,)
-    for y in outputs:
-        if not y.requires_grad:
-            raise RuntimeError("grad(): an output does not require grad (no input it depends on requires grad)")
-    grads = tuple(_initial_grad(y, g) for y, g in zip(outputs, grad_outputs))
-    capture = {id(x): None for x in inputs}
-    if retain_graph is None:
-        retain_graph = create_graph
-    run_backward(outputs, grads, retain_graph=retain_graph or create_graph, create_graph=create_graph,
-                 capture=capture)
-    result = tuple(capture[id(x)] for x in inputs)
-    for i, g in enumerate(result):
-        if g is None and not allow_unused:
-            raise RuntimeError(f"grad(): input {i} was not used to compute the outputs (pass allow_unused=True)")
-    return result
-
-
-def partial_grad(outputs, inputs, grad_outputs):
-    """Partial derivatives of ``outputs`` with respect to each of ``inputs``, differentiably.
-
-    Unlike :func:`grad`, nothing upstream of ``inputs`` is visited (a path
-    from one input through another does not count). This is what a
-    Function's backward needs when it obtains higher-order derivatives from a
-    composite of differentiable ops (see ``minidl.functions.normalization``).
-    """
-    capture = {id(x): None for x in inputs}
-    grads = tuple(_initial_grad(y, g) for y, g in zip(outputs, grad_outputs))
-    run_backward(tuple(outputs), grads, retain_graph=True, create_graph=True, capture=capture,
-                 stop_at_captured=True)
-    return tuple(capture[id(x)] for x in inputs)
+def _share_version(source: Tensor, view: Tensor) -> None:
+    """Give ``view`` (a tensor over ``source``'s memory) ``source``'s version counter."""
+    if source._vc is None:
+        source._vc = [0]
+    view._vc = source._vc
 
 
 def _wrap(data, device: Device) -> Tensor:
@@ -242,6 +247,7 @@ def _wrap(data, device: Device) -> Tensor:
     t.requires_grad = False
     t.name = None
     t._retain_grad = False
+    t._vc = None
     return t
 
 
@@ -292,139 +298,18 @@ def _resolve_dtype(dtype):
     return numpy.dtype(dtype)
 
 
-def _initial_grad(root: Tensor, grad) -> Tensor:
-    if grad is None:
-        if root.size != 1:
-            raise RuntimeError(
-                f"backward() on a tensor of shape {root.shape} needs a gradient of that shape: "
-                "only a one-element tensor gets the implicit gradient 1 "
-                "(reduce it first, e.g. loss.sum().backward(), or pass grad=...)"
-            )
-        return _wrap(root.device.xp.ones(root.shape, dtype=root.dtype), root.device)
-    if not isinstance(grad, Tensor):
-        grad = tensor(grad, device=root.device, dtype=root.dtype)
-    if grad.shape != root.shape:
-        raise RuntimeError(f"backward(): gradient shape {grad.shape} does not match tensor shape {root.shape}")
-    if grad.device != root.device:
-        raise backend.DeviceError(f"backward(): gradient is on {grad.device} but the tensor is on {root.device}")
-    return grad
-
-
-_tiebreak = itertools.count()
-
-
-def run_backward(roots, grads, retain_graph: bool, create_graph: bool, capture: dict | None = None,
-                 stop_at_captured: bool = False) -> None:
-    """The engine: propagate ``grads`` from ``roots`` to every leaf that requires grad.
-
-    Functions are processed in decreasing ``generation`` (one more than the
-    largest generation among their inputs' creators), which is a reverse
-    topological order. A heap keeps it iterative.
-
-    With ``capture`` (a dict id(tensor) -> None), gradients of those tensors
-    are summed into the dict instead of into any ``.grad`` (this is
-    :func:`minidl.grad`). With ``stop_at_captured``, propagation ends at the
-    captured tensors: the result is the partial derivative with respect to
-    each, as a Function's backward needs (see :func:`partial_grad`).
-    """
-    if isinstance(roots, Tensor):
-        roots, grads = (roots,), (grads,)
-    with enable_grad() if create_graph else no_grad():
-        given_out = set()  # ids of arrays already stored in some .grad (avoid aliasing)
-        if not create_graph:
-            given_out.update(id(g.data) for g in grads)
-        pending = {}  # tensor id -> (tensor, summed grad)
-
-        def deliver(x, gx):
-            if capture is not None and id(x) in capture:
-                previous = capture[id(x)]
-                capture[id(x)] = gx if previous is None else previous + gx
-                if stop_at_captured:
-                    return
-            if x.creator is None:
-                if capture is None:
-                    _accumulate_leaf(x, gx, create_graph, given_out)
-            else:
-                entry = pending.get(id(x))
-                pending[id(x)] = (x, gx if entry is None else entry[1] + gx)
-                enqueue(x.creator)
-
-        heap = []
-        queued = set()
-
-        def enqueue(fn):
-            if id(fn) not in queued:
-                queued.add(id(fn))
-                heapq.heappush(heap, (-fn.generation, next(_tiebreak), fn))
-
-        for root, grad in zip(roots, grads):
-            deliver(root, grad)
-        while heap:
-            fn = heapq.heappop(heap)[2]
-            if fn.inputs is None:
-                raise RuntimeError(
-                    f"backward through {type(fn).__name__} a second time: its saved inputs were freed. "
-                    "Pass retain_graph=True to the first backward() to keep them."
-                )
-            gys = []
-            for ref in fn.outputs:
-                out = ref()
-                entry = pending.pop(id(out), None) if out is not None else None
-                if entry is not None and out._retain_grad:
-                    out.grad = entry[1]
-                gys.append(None if entry is None else entry[1])
-            if len(gys) > 1 and any(g is None for g in gys):
-                gys = [g if g is not None else _zeros_for(meta) for g, meta in zip(gys, fn.output_meta)]
-            gxs = fn.backward(*gys)
-            if not isinstance(gxs, tuple):
-                gxs = (gxs,)
-            inputs = fn.inputs
-            if len(gxs) != len(inputs):
-                raise RuntimeError(
-                    f"{type(fn).__name__}.backward returned {len(gxs)} gradient(s) for {len(inputs)} input(s)"
-                )
-            for x, gx in zip(inputs, gxs):
-                if gx is None or not x.requires_grad:
-                    continue
-                deliver(x, _check_grad(fn, x, gx))
-            if not retain_graph:
-                fn.inputs = None
-                fn.release()
-
-
-def _check_grad(fn, x: Tensor, gx) -> Tensor:
-    if not isinstance(gx, Tensor):
-        raise TypeError(f"{type(fn).__name__}.backward must return Tensors (or None), got {type(gx).__name__}")
-    if gx.shape != x.shape:
-        raise RuntimeError(
-            f"{type(fn).__name__}.backward returned a gradient of shape {gx.shape} for an input of shape {x.shape}"
-        )
-    if gx.dtype != x.dtype:
-        gx = gx.astype(x.dtype)
-    return gx
-
-
-def _accumulate_leaf(x: Tensor, gx: Tensor, create_graph: bool, given_out: set) -> None:
-    if x.grad is None:
-        if not create_graph:
-            data = gx.data
-            flags = data.flags
-            # Store an array the leaf owns: not another leaf's or the caller's (nor a view
-            # of one, as reshape/transpose/split gradients are), not a read-only broadcast
-            # view, so optimizers may update .grad in place.
-            if (id(data) in given_out or data.base is not None or not flags.c_contiguous
-                    or not getattr(flags, "writeable", True)):
-                data = data.copy()
-            given_out.add(id(data))
-            gx = _wrap(data, gx.device)
-        x.grad = gx
-    elif create_graph:
-        x.grad = x.grad + gx
-    else:
-        x.grad = _wrap(x.grad.data + gx.data, x.device)
-        given_out.add(id(x.grad.data))
-
-
-def _zeros_for(meta) -> Tensor:
-    shape, dtype, device = meta
-    return _wrap(device.xp.zeros(shape, dtype=dtype), device)
+def parse_to_args(args, device=None, dtype=None):
+    """(device, dtype) from ``to()``'s arguments: a device, a dtype, both, or a tensor (in any order)."""
+    for arg in args:
+        if isinstance(arg, Tensor):
+            device, dtype = arg.device, arg.dtype
+        elif isinstance(arg, Device) or (isinstance(arg, str) and arg.partition(":")[0].strip().lower()
+                                         in ("cpu", "cuda")):
+            device = arg
+        else:
+            try:
+                dtype = _resolve_dtype(arg)
+            except TypeError:
+                raise TypeError(f"to(): {arg!r} is neither a device ('cpu', 'cuda:0') nor a dtype "
+                                "('float32', mdl.float64)") from None
+    return (None if device is None else as_device(device)), (None if dtype is None else _resolve_dtype(dtype))

@@ -56,7 +56,7 @@ def test_build_from_mapping_and_graph_forms(tmp_path):
         {"name": "cat", "type": "concat", "inputs": ["sum", "c1"]},
         {"type": "flatten"},
     ]}
-    model = build_model(spec)
+    model = build_model(spec, dtype="float64")  # float64 inputs need a float64 model (no silent promotion)
     assert not model.sequential and model.nodes[-1].output_shape == (64,)
     x = mdl.tensor(np.random.default_rng(1).standard_normal((3, 2, 4, 4)), requires_grad=True)
     y = model(x)
@@ -298,3 +298,61 @@ def test_train_section_is_validated(tmp_path):
     build_model(write(tmp_path, base + "train:\n  conv_algorithm: auto\n"))
     e, _ = model_error(tmp_path, base + "train:\n  epochs: 3\n  conv_algorithm: im2col\n")
     assert "unknown conv algorithm type 'im2col'" in str(e) and "im2col_gemm" in str(e) and e.line == 6
+
+
+# ------------------------------------------------ errors while running
+RUN_SPEC = """\
+name: m
+input: [1, 8, 8]
+layers:
+  - {type: conv2d, name: conv1, out_channels: 4, kernel_size: 3}
+  - {type: relu}
+  - {type: flatten}
+  - {type: linear, name: fc6, out_features: 5}
+"""
+
+
+def test_a_shape_error_while_running_names_the_layer_and_shapes(tmp_path):
+    path = tmp_path / "m.yaml"
+    path.write_text(RUN_SPEC)
+    model = build_model(path)
+    with pytest.raises(mdl.ShapeError) as info:
+        model(mdl.tensor(np.zeros((2, 1, 10, 10), np.float32)))
+    e = info.value
+    assert str(e).startswith(f"layer 3 'fc6' (linear, {path}), input shape (2, 256): linear: expected x (N, 144)")
+    assert (e.op, e.layer_name, e.layer_type, e.layer_index, e.input_shapes) == ("linear", "fc6", "linear", 3,
+                                                                                  [(2, 256)])
+
+
+def test_a_float64_input_to_a_float32_model_is_refused_naming_both_dtypes(tmp_path, torch):
+    path = tmp_path / "m.yaml"
+    path.write_text(RUN_SPEC)
+    model = build_model(path)
+    x = np.zeros((2, 1, 8, 8))
+    with pytest.raises(mdl.OpTypeError, match=r"layer 0 'conv1' \(conv2d, .*m.yaml\), input shape \(2, 1, 8, 8\): "
+                                              r"Conv2d: input of dtype float64 for parameters of dtype float32"):
+        model(mdl.tensor(x))
+    with pytest.raises(RuntimeError):  # PyTorch refuses too
+        torch.nn.Conv2d(1, 4, 3)(torch.from_numpy(x))
+    assert model(mdl.tensor(x).float()).dtype == np.float32
+    assert build_model(path, dtype="float64")(mdl.tensor(x)).dtype == np.float64
+
+
+def test_a_device_error_in_a_graph_model_names_the_layer():
+    model = build_model({"name": "g", "input": [3], "layers": [
+        {"type": "linear", "name": "a", "out_features": 3},
+        {"type": "add", "name": "join", "inputs": ["input", "a"]}]})
+    with pytest.raises(mdl.DeviceError, match=r"layer 0 'a' \(linear, <mapping>\), input shape \(2, 3\): .*devices"):
+        model(mdl.tensor(np.zeros((2, 3), np.float32), device="cpu:1"))
+    e = None
+    try:
+        model(mdl.tensor(np.zeros((2, 4), np.float32)))
+    except mdl.ShapeError as error:
+        e = error
+    assert e is not None and e.layer_name == "a"
+
+
+def test_sequential_names_the_failing_layer():
+    seq = mdl.nn.Sequential(mdl.nn.Linear(4, 3), mdl.nn.ReLU(), mdl.nn.Linear(5, 2))
+    with pytest.raises(mdl.ShapeError, match=r"^layer 2 '2' \(Linear\), input shape \(1, 3\): linear: expected"):
+        seq(mdl.tensor(np.zeros((1, 4), np.float32)))

@@ -48,6 +48,19 @@ def test_tensor_from_an_array_or_tensor_stays_on_its_device(device):
     assert mdl.tensor(x.data, device="cpu").device == mdl.Device("cpu")
 
 
+def test_parameter_and_tensor_take_a_tensor_without_nesting():
+    t = mdl.tensor([1.0, 2.0])
+    p = mdl.Parameter(t)
+    assert isinstance(p.data, np.ndarray) and p.data is t.data  # shares the values, as torch.nn.Parameter(t)
+    assert p.requires_grad and p.is_leaf and p.dtype == np.float32
+    nonleaf = mdl.Parameter(leaf([1.0, 2.0]) * 2)
+    assert nonleaf.is_leaf and nonleaf.creator is None
+    copied = mdl.tensor(t)
+    assert isinstance(copied.data, np.ndarray) and copied.data is not t.data
+    assert isinstance(mdl.Parameter([1.0, 2.0]).data, np.ndarray)  # a list too, float32
+    assert mdl.Parameter([1.0, 2.0]).dtype == np.float32
+
+
 def test_repr_and_item():
     x = mdl.tensor([[1.5]], requires_grad=True)
     assert "requires_grad=True" in repr(x)

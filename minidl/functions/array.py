@@ -5,13 +5,14 @@ import numpy
 
 from .. import backend
 from ..backend import get_array_module, scatter_add
+from ..errors import ShapeError
 from ..function import Function
 from ..tensor import Tensor, _resolve_dtype
 
 __all__ = [
     "reshape", "flatten", "transpose", "permute", "swapaxes", "broadcast_to", "sum_to",
     "getitem", "concatenate", "stack", "split", "pad", "astype", "to_device",
-    "expand_dims", "squeeze",
+    "expand_dims", "squeeze", "clone",
 ]
 
 
@@ -23,6 +24,9 @@ def _normalize_shape(shape) -> tuple:
 
 # ---------------------------------------------------------------- reshape
 class Reshape(Function):
+    saves_inputs = False
+    returns_view = True
+
     def __init__(self, shape):
         self.shape = shape
 
@@ -45,25 +49,40 @@ def reshape(x, *shape) -> Tensor:
     return Reshape(shape)(x)
 
 
-def flatten(x, start_axis: int = 1) -> Tensor:
-    """Merge axes ``start_axis..`` into one: (N, C, H, W) -> (N, C*H*W) by default."""
-    return reshape(x, x.shape[:start_axis] + (-1,))
+def _axis(axis, ndim: int, op: str) -> int:
+    """``axis`` as a non-negative index, or a ShapeError naming the op and the tensor's rank."""
+    if not -ndim <= axis < ndim:
+        raise ShapeError(f"{op}: axis {axis} is out of range for a tensor with {ndim} dimension(s)", op)
+    return axis % ndim
+
+
+def flatten(x, start_dim: int = 0, end_dim: int = -1) -> Tensor:
+    """Merge axes ``start_dim..end_dim`` (inclusive) into one, as ``torch.flatten``.
+
+    >>> flatten(x)        # (N, C, H, W) -> (N*C*H*W,)
+    >>> flatten(x, 1)     # (N, C, H, W) -> (N, C*H*W)
+    """
+    if x.ndim == 0:
+        return reshape(x, (1,))
+    start, end = _axis(start_dim, x.ndim, "flatten"), _axis(end_dim, x.ndim, "flatten")
+    if start > end:
+        raise ShapeError(f"flatten: start_dim {start_dim} comes after end_dim {end_dim}", "flatten")
+    return reshape(x, x.shape[:start] + (-1,) + x.shape[end + 1:])
 
 
 def expand_dims(x, axis: int) -> Tensor:
-    """Insert an axis of length 1 at ``axis``."""
+    """Insert an axis of length 1 at ``axis`` (``x.unsqueeze(dim)`` in PyTorch)."""
     shape = list(x.shape)
-    axis = axis if axis >= 0 else axis + x.ndim + 1
-    shape.insert(axis, 1)
+    shape.insert(_axis(axis, x.ndim + 1, "expand_dims"), 1)
     return reshape(x, tuple(shape))
 
 
 def squeeze(x, axis=None) -> Tensor:
-    """Remove axes of length 1 (all of them, or the given ones)."""
+    """Remove axes of length 1 (all of them, or the given ones: an error if one is longer, as in NumPy)."""
     if axis is None:
         shape = tuple(s for s in x.shape if s != 1)
     else:
-        axes = {a % x.ndim for a in ((axis,) if isinstance(axis, int) else axis)}
+        axes = {_axis(a, x.ndim, "squeeze") for a in ((axis,) if isinstance(axis, int) else axis)}
         bad = [a for a in axes if x.shape[a] != 1]
         if bad:
             raise ValueError(f"squeeze: axis {bad[0]} of shape {x.shape} is not of length 1")
@@ -73,6 +92,9 @@ def squeeze(x, axis=None) -> Tensor:
 
 # -------------------------------------------------------------- transpose
 class Transpose(Function):
+    saves_inputs = False
+    returns_view = True
+
     def __init__(self, axes):
         self.axes = axes
 
@@ -97,14 +119,18 @@ def permute(x, *axes) -> Tensor:
 
 
 def swapaxes(x, axis1: int, axis2: int) -> Tensor:
-    """Exchange two axes."""
+    """Exchange two axes (PyTorch's ``x.transpose(dim0, dim1)``)."""
     axes = list(range(x.ndim))
+    axis1, axis2 = _axis(axis1, x.ndim, "swapaxes"), _axis(axis2, x.ndim, "swapaxes")
     axes[axis1], axes[axis2] = axes[axis2], axes[axis1]
     return transpose(x, axes)
 
 
 # --------------------------------------------------------- broadcasting
 class BroadcastTo(Function):
+    saves_inputs = False
+    returns_view = True
+
     def __init__(self, shape):
         self.shape = shape
 
@@ -138,6 +164,8 @@ def sum_to_array(x, shape):
 
 
 class SumTo(Function):
+    saves_inputs = False
+
     def __init__(self, shape):
         self.shape = shape
 
@@ -175,6 +203,9 @@ def _is_basic(index) -> bool:
 
 
 class GetItem(Function):
+    saves_inputs = False
+    returns_view = True
+
     def __init__(self, index):
         self.index = index
 
@@ -190,6 +221,8 @@ class GetItem(Function):
 
 class GetItemGrad(Function):
     """Scatter-add ``gy`` into zeros of the indexed tensor's shape (repeated indices add up)."""
+
+    saves_inputs = False
 
     def __init__(self, index, in_shape):
         self.index = index
@@ -214,6 +247,8 @@ def getitem(x, index) -> Tensor:
 
 # ----------------------------------------------------------------- joins
 class Concatenate(Function):
+    saves_inputs = False
+
     def __init__(self, axis):
         self.axis = axis
 
@@ -234,6 +269,8 @@ def concatenate(tensors, axis: int = 0) -> Tensor:
 
 
 class Stack(Function):
+    saves_inputs = False
+
     def __init__(self, axis):
         self.axis = axis
 
@@ -253,6 +290,9 @@ def stack(tensors, axis: int = 0) -> Tensor:
 
 
 class Split(Function):
+    saves_inputs = False
+    returns_view = True
+
     def __init__(self, indices_or_sections, axis):
         self.indices_or_sections = indices_or_sections
         self.axis = axis
@@ -275,6 +315,8 @@ def split(x, indices_or_sections, axis: int = 0):
 
 # ---------------------------------------------------------------- padding
 class Pad(Function):
+    saves_inputs = False
+
     def __init__(self, pad_width, value):
         self.pad_width = pad_width
         self.value = value
@@ -297,7 +339,25 @@ def pad(x, pad_width, value: float = 0.0) -> Tensor:
 
 
 # ----------------------------------------------------------- dtype, device
+class Clone(Function):
+    saves_inputs = False
+
+    def forward(self, x):
+        return x.copy()
+
+    def backward(self, gy):
+        return gy
+
+
+def clone(x) -> Tensor:
+    """A copy of ``x`` with its own data; gradients flow back to ``x`` (``detach()`` cuts them)."""
+    return Clone()(x)
+
+
 class AsType(Function):
+    saves_inputs = False
+    keeps_dtype = True
+
     def __init__(self, dtype):
         self.dtype = dtype
 
@@ -318,6 +378,8 @@ def astype(x, dtype) -> Tensor:
 
 
 class ToDevice(Function):
+    saves_inputs = False
+
     def __init__(self, device):
         self.output_device = device
 

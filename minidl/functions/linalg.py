@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy
 
 from ..backend import array_matmul
+from ..errors import OpTypeError, ShapeError
 from ..function import Function
 from ..tensor import Tensor
 from .array import reshape, sum_to, swapaxes
@@ -62,11 +63,21 @@ class Linear(Function):
 
 
 def linear(x, W, b=None) -> Tensor:
-    """Fully connected layer: ``x @ W.T + b`` with x (N, in_features), W (out_features, in_features)."""
+    """Fully connected layer: ``x @ W.T + b`` with x (N, in_features), W (out_features, in_features).
+
+    Raises :class:`minidl.ShapeError` for shapes that do not fit and
+    :class:`minidl.OpTypeError` for operands of different dtypes (as PyTorch,
+    no silent promotion: a float64 ``x`` with a float32 ``W`` is refused).
+    """
     if x.ndim != 2 or W.ndim != 2 or x.shape[1] != W.shape[1]:
-        raise ValueError(f"linear: expected x (N, {W.shape[-1] if W.ndim else '?'}) and W (out, in), got "
-                         f"{x.shape} and {W.shape}")
+        raise ShapeError(f"linear: expected x (N, {W.shape[-1] if W.ndim else '?'}) and W (out, in), got "
+                         f"{x.shape} and {W.shape}", "linear")
     if b is not None and tuple(b.shape) != (W.shape[0],):
-        raise ValueError(f"linear: bias of shape {tuple(b.shape)} does not match {W.shape[0]} outputs")
+        raise ShapeError(f"linear: bias of shape {tuple(b.shape)} does not match {W.shape[0]} outputs", "linear")
+    dtypes = [x.dtype, W.dtype] + ([b.dtype] if b is not None else [])
+    if any(d != W.dtype for d in dtypes):
+        raise OpTypeError(f"linear: operands must have one dtype, got x {x.dtype}, W {W.dtype}"
+                          + (f", b {b.dtype}" if b is not None else "")
+                          + f" (convert the input with x.to({W.dtype}) or the layer with .to(dtype))", "linear")
     return Linear()(x, W) if b is None else Linear()(x, W, b)
 

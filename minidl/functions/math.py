@@ -27,6 +27,8 @@ def _like(value, x):
 
 # ------------------------------------------------------------ arithmetic
 class Add(Function):
+    saves_inputs = False
+
     def forward(self, a, b):
         return a + b
 
@@ -36,6 +38,8 @@ class Add(Function):
 
 
 class Sub(Function):
+    saves_inputs = False
+
     def forward(self, a, b):
         return a - b
 
@@ -67,6 +71,8 @@ class Div(Function):
 
 
 class Neg(Function):
+    saves_inputs = False
+
     def forward(self, x):
         return -x
 
@@ -76,6 +82,8 @@ class Neg(Function):
 
 class Pow(Function):
     """``a ** b`` with a tensor exponent (see ``PowScalar`` for a constant one)."""
+
+    saves_output = True
 
     def forward(self, a, b):
         return a ** b
@@ -153,6 +161,9 @@ def rpow(a, b) -> Tensor:
 
 # ------------------------------------------------------------ unary math
 class Exp(Function):
+    saves_inputs = False
+    saves_output = True
+
     def forward(self, x):
         xp = get_array_module(x)
         return xp.exp(x)
@@ -171,6 +182,9 @@ class Log(Function):
 
 
 class Sqrt(Function):
+    saves_inputs = False
+    saves_output = True
+
     def forward(self, x):
         xp = get_array_module(x)
         return xp.sqrt(x)
@@ -181,6 +195,8 @@ class Sqrt(Function):
 
 class Sign(Function):
     """Sign of x; its gradient is zero (it is piecewise constant)."""
+
+    saves_inputs = False
 
     def forward(self, x):
         xp = get_array_module(x)
@@ -200,6 +216,9 @@ class Abs(Function):
 
 
 class Tanh(Function):
+    saves_inputs = False
+    saves_output = True
+
     def forward(self, x):
         xp = get_array_module(x)
         return xp.tanh(x)
@@ -210,6 +229,9 @@ class Tanh(Function):
 
 
 class Sigmoid(Function):
+    saves_inputs = False
+    saves_output = True
+
     def forward(self, x):
         xp = get_array_module(x)
         # tanh form: stable for large |x| in both directions

@@ -11,6 +11,9 @@ __all__ = ["relu", "softmax", "log_softmax"]
 
 
 class ReLU(Function):
+    saves_inputs = False
+    saves_output = True
+
     def forward(self, x):
         xp = get_array_module(x)
         return xp.maximum(x, 0)
@@ -41,6 +44,9 @@ def log_softmax_array(x, axis):
 
 
 class Softmax(Function):
+    saves_inputs = False
+    saves_output = True
+
     def __init__(self, axis):
         self.axis = axis
 
@@ -54,6 +60,9 @@ class Softmax(Function):
 
 
 class LogSoftmax(Function):
+    saves_inputs = False
+    saves_output = True
+
     def __init__(self, axis):
         self.axis = axis
 

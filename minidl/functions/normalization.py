@@ -11,7 +11,8 @@ from ..backend import elementwise_kernel, get_array_module
 from ..cpu import host_blocks
 from ..function import Function
 from ..grad_mode import enable_grad, is_grad_enabled
-from ..tensor import Tensor, _wrap, partial_grad
+from ..autograd import partial_grad
+from ..tensor import Tensor, _wrap
 from .array import reshape
 from .linalg import matmul
 from .math import sqrt
@@ -141,6 +142,8 @@ class LocalResponseNorm(Function):
     Second and higher derivatives come from differentiating the composite
     :func:`_lrn_composite`, so there is one definition of the maths.
     """
+
+    saves_output = True  # keeps y for the backward
 
     def __init__(self, size, scale, beta, k):
         self.size, self.scale, self.beta, self.k = size, scale, beta, k

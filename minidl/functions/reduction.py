@@ -10,6 +10,19 @@ from .array import broadcast_to, reshape
 __all__ = ["sum", "mean", "max", "min"]
 
 
+def axis_args(op, axis, keepdims, dim, keepdim):
+    """(axis, keepdims) from NumPy's ``axis=``/``keepdims=`` or PyTorch's ``dim=``/``keepdim=`` spelling."""
+    if dim is not None:
+        if axis is not None:
+            raise TypeError(f"{op}: give axis (NumPy) or dim (PyTorch), not both")
+        axis = dim
+    if keepdim is not None:
+        if keepdims:
+            raise TypeError(f"{op}: give keepdims (NumPy) or keepdim (PyTorch), not both")
+        keepdims = keepdim
+    return axis, bool(keepdims)
+
+
 def _normalize_axis(axis, ndim):
     """None, or a sorted tuple of non-negative axes."""
     if axis is None:
@@ -36,6 +49,8 @@ def _spread(gy, in_shape, axis, keepdims):
 
 
 class Sum(Function):
+    saves_inputs = False
+
     def __init__(self, axis, keepdims):
         self.axis = axis
         self.keepdims = keepdims
@@ -49,6 +64,8 @@ class Sum(Function):
 
 
 class Mean(Function):
+    saves_inputs = False
+
     def __init__(self, axis, keepdims):
         self.axis = axis
         self.keepdims = keepdims
@@ -66,6 +83,7 @@ class Mean(Function):
 class _Extreme(Function):
     """max/min: the gradient goes to the extreme elements, split equally among ties."""
 
+    saves_output = True
     reduce_name = ""
 
     def __init__(self, axis, keepdims):
@@ -94,21 +112,32 @@ class Min(_Extreme):
     reduce_name = "min"
 
 
-def sum(x, axis=None, keepdims: bool = False) -> Tensor:  # noqa: A001 - the op's name
-    """Sum over ``axis`` (an int, a tuple, or None for all axes)."""
+def sum(x, axis=None, keepdims: bool = False, *, dim=None, keepdim=None) -> Tensor:  # noqa: A001 - the op's name
+    """Sum over ``axis`` (an int, a tuple, or None for all axes); PyTorch's ``dim=``/``keepdim=`` work too."""
+    axis, keepdims = axis_args("sum", axis, keepdims, dim, keepdim)
     return Sum(_normalize_axis(axis, x.ndim), keepdims)(x)
 
 
-def mean(x, axis=None, keepdims: bool = False) -> Tensor:
-    """Arithmetic mean over ``axis`` (an int, a tuple, or None for all axes)."""
+def mean(x, axis=None, keepdims: bool = False, *, dim=None, keepdim=None) -> Tensor:
+    """Mean over ``axis`` (an int, a tuple, or None for all axes); PyTorch's ``dim=``/``keepdim=`` work too.
+
+    An integer tensor's mean is float32 (the default float dtype), as in PyTorch.
+    """
+    axis, keepdims = axis_args("mean", axis, keepdims, dim, keepdim)
     return Mean(_normalize_axis(axis, x.ndim), keepdims)(x)
 
 
-def max(x, axis=None, keepdims: bool = False) -> Tensor:  # noqa: A001 - the op's name
-    """Maximum over ``axis``; ties share the gradient equally."""
+def max(x, axis=None, keepdims: bool = False, *, dim=None, keepdim=None) -> Tensor:  # noqa: A001 - the op's name
+    """Maximum over ``axis`` (or ``dim``); ties share the gradient equally.
+
+    Returns the values only, as NumPy does (PyTorch's ``max(dim)`` also
+    returns indices: use ``argmax`` for those).
+    """
+    axis, keepdims = axis_args("max", axis, keepdims, dim, keepdim)
     return Max(_normalize_axis(axis, x.ndim), keepdims)(x)
 
 
-def min(x, axis=None, keepdims: bool = False) -> Tensor:  # noqa: A001 - the op's name
-    """Minimum over ``axis``; ties share the gradient equally."""
+def min(x, axis=None, keepdims: bool = False, *, dim=None, keepdim=None) -> Tensor:  # noqa: A001 - the op's name
+    """Minimum over ``axis`` (or ``dim``); ties share the gradient equally. Values only, as :func:`max`."""
+    axis, keepdims = axis_args("min", axis, keepdims, dim, keepdim)
     return Min(_normalize_axis(axis, x.ndim), keepdims)(x)

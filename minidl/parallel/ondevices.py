@@ -17,7 +17,8 @@ from __future__ import annotations
 from ..backend import transfer
 from ..function import Function
 from ..grad_mode import _mode, set_grad_enabled
-from ..tensor import _wrap, grad
+from ..autograd import grad
+from ..tensor import _wrap
 
 __all__ = ["Branch", "OnDevices"]
 
@@ -64,6 +65,7 @@ class OnDevices(Function):
     """Runs a list of :class:`Branch` es (see the module docstring); returns one output per branch."""
 
     mixed_devices = True
+    wraps_errors = False  # a share's error comes from a whole layer and keeps its type and fields
 
     def __init__(self, branches, threads, in_order: bool = False, name: str = "layer"):
         self.branches = list(branches)

@@ -35,6 +35,7 @@ from __future__ import annotations
 import copy
 
 from ..backend import Device, DeviceError, as_device, transfer
+from ..errors import annotate_layer_error
 from ..functions import to_device
 from .ondevices import Branch, OnDevices
 from .sharded import Ledger, Sharded, even_ranges
@@ -175,7 +176,11 @@ class Placement:
         last_use = model._last_use
         for node in model.nodes:
             inputs = [values[name] for name in node.inputs]
-            values[node.name] = self._run(node, inputs)
+            try:
+                values[node.name] = self._run(node, inputs)
+            except Exception as e:
+                annotate_layer_error(e, node.name, node.type, node.index, inputs, getattr(model, "source", None))
+                raise
             for name in dict.fromkeys(node.inputs):
                 if last_use.get(name) == node.index and name != model.output:
                     del values[name]

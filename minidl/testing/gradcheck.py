@@ -5,7 +5,8 @@ import numpy
 
 from ..backend import CPU, transfer
 from ..grad_mode import enable_grad, no_grad
-from ..tensor import Tensor, _wrap, grad
+from ..autograd import grad
+from ..tensor import Tensor, _wrap
 
 __all__ = ["gradcheck", "gradgradcheck", "GradcheckError", "tolerances"]
 

@@ -7,10 +7,11 @@ Every epoch it evaluates top-1/top-5 accuracy and loss, steps the scheduler,
 appends a row to ``metrics.jsonl`` and ``metrics.csv``, and writes a
 checkpoint (keeping the newest ``keep``). A non-finite loss stops training
 with the step and the first layer whose output is not finite; the last good
-checkpoint is never replaced by a bad one. Ctrl-C finishes the current step,
-writes a checkpoint and stops. ``fit(resume=True)`` continues from the
-newest valid checkpoint in ``out_dir``, bit for bit on the CPU (checkpoints
-record each convolution's algorithm, and resuming uses the same ones).
+checkpoint is never replaced by a bad one. With ``fit(handle_sigint=True)``
+(``minidl train``), Ctrl-C finishes the current step, writes a checkpoint and
+stops. ``fit(resume=True)`` continues from the newest valid checkpoint in
+``out_dir``, bit for bit on the CPU (checkpoints record each convolution's
+algorithm, and resuming uses the same ones).
 """
 from __future__ import annotations
 
@@ -180,8 +181,16 @@ class Trainer:
         restore_conv_algorithms(self.model, meta.get("conv_algorithms", []))  # the same arithmetic as before
 
     # ----------------------------------------------------------------- running
-    def fit(self, resume: bool = False) -> list:
-        """Train; returns the per-epoch metrics history."""
+    def fit(self, resume: bool = False, handle_sigint: bool = False) -> list:
+        """Train; returns the per-epoch metrics history.
+
+        With ``handle_sigint=True`` (what ``minidl train`` passes), the first
+        Ctrl-C finishes the current step, writes a checkpoint and stops; a
+        second one interrupts at once. The process's SIGINT handler is
+        swapped only for the duration of ``fit`` and only when asked: by
+        default Ctrl-C raises KeyboardInterrupt as usual (a library does not
+        take over its caller's signals).
+        """
         if self.out_dir is not None:
             if resume:
                 checkpoint = self._checkpoint_to_resume()
@@ -195,7 +204,7 @@ class Trainer:
             self.out_dir.mkdir(parents=True, exist_ok=True)
         if self.world is not None:
             self.world.broadcast_parameters(self.model)
-        with _StopOnInterrupt(self):
+        with _StopOnInterrupt(self) if handle_sigint else contextlib.nullcontext():
             while not self._done():
                 self._train_epoch()
                 if self._stop_requested:

@@ -16,7 +16,9 @@ IMAGE = (2, 3, 7, 7)  # (N, C, H, W) used by the examples below
 
 @minidl.hookimpl
 def minidl_register_layers(register):
-    register("conv2d", Conv2d, examples=[
+    # required: keys a model file must give, though the signature defaults them to None for PyTorch's
+    # positional order (Conv2d(in_channels, out_channels, kernel_size), Linear(in_features, out_features))
+    register("conv2d", Conv2d, required=("out_channels", "kernel_size"), examples=[
         {"params": {"out_channels": 4, "kernel_size": 3, "padding": 1}, "input_shape": IMAGE},
         {"params": {"out_channels": 4, "kernel_size": 3, "stride": 2, "dilation": 2, "groups": 2},
          "input_shape": (2, 4, 9, 9)},
@@ -38,7 +40,7 @@ def minidl_register_layers(register):
     register("batchnorm2d", BatchNorm2d, aliases=("batch_norm2d",), examples=[
         {"params": {}, "input_shape": (4, 3, 3, 3)},
     ])
-    register("linear", Linear, aliases=("fc", "dense"), examples=[
+    register("linear", Linear, aliases=("fc", "dense"), required=("out_features",), examples=[
         {"params": {"out_features": 3}, "input_shape": (2, 5)},
     ])
     register("relu", ReLU, examples=[{"params": {}, "input_shape": IMAGE}])

@@ -9,13 +9,18 @@ from minidl.plugins import make_initializer
 class Linear(mdl.nn.Module):
     """y = x W^T + b with W of shape (out_features, in_features), as in PyTorch.
 
-    ``in_features`` is learned from the first input when omitted.
+    Positional arguments follow PyTorch: ``Linear(9216, 4096)``. With
+    keywords, ``in_features`` may be left out and is learned from the first
+    input (``Linear(out_features=10)``).
     YAML: ``{type: linear, out_features: 4096, weight_init: {type: normal, std: 0.01}, bias_init: 1}``
     """
 
-    def __init__(self, out_features: int, in_features: int | None = None, bias: bool = True,
+    def __init__(self, in_features: int | None = None, out_features: int | None = None, bias: bool = True, *,
                  weight_init=None, bias_init=None):
         super().__init__()
+        if out_features is None:
+            raise TypeError("Linear() missing 'out_features': give Linear(in_features, out_features) as in PyTorch, "
+                            "or out_features=... to learn in_features from the first input")
         if out_features < 1:
             raise ValueError(f"linear: out_features must be positive, got {out_features}")
         self.out_features = out_features

@@ -11,8 +11,11 @@ from minidl.plugins import make_initializer
 class Conv2d(mdl.nn.Module):
     """2-D convolution over (N, C, H, W); weights (out_channels, in_channels/groups, kh, kw).
 
-    ``in_channels`` is learned from the first input when omitted. AlexNet's
-    two columns are ``groups=2``. ``weight_init``/``bias_init`` take an
+    Positional arguments follow PyTorch: ``Conv2d(3, 64, 3)`` is 3 input
+    channels, 64 output channels, 3x3 kernels. With keywords,
+    ``in_channels`` may be left out and is learned from the first input
+    (``Conv2d(out_channels=64, kernel_size=3)``). AlexNet's two columns are
+    ``groups=2``. ``weight_init``/``bias_init`` (keyword-only) take an
     initializer spec (``{type: normal, std: 0.01}``, a number for a constant);
     the default is PyTorch's U(-1/sqrt(fan_in), 1/sqrt(fan_in)). ``algorithm``
     forces a convolution algorithm (``im2col_gemm``, ``winograd``, a plugin's,
@@ -24,10 +27,16 @@ class Conv2d(mdl.nn.Module):
     YAML: ``{type: conv2d, out_channels: 96, kernel_size: 11, stride: 4}``
     """
 
-    def __init__(self, out_channels: int, kernel_size: int | tuple, stride: int | tuple = 1,
-                 padding: int | tuple = 0, dilation: int | tuple = 1, groups: int = 1, bias: bool = True,
-                 in_channels: int | None = None, weight_init=None, bias_init=None, algorithm: str | None = None):
+    def __init__(self, in_channels: int | None = None, out_channels: int | None = None,
+                 kernel_size: int | tuple | None = None, stride: int | tuple = 1, padding: int | tuple = 0,
+                 dilation: int | tuple = 1, groups: int = 1, bias: bool = True, *, weight_init=None, bias_init=None,
+                 algorithm: str | None = None):
         super().__init__()
+        if out_channels is None or kernel_size is None:
+            missing = " and ".join(repr(n) for n, v in (("out_channels", out_channels), ("kernel_size", kernel_size))
+                                   if v is None)
+            raise TypeError(f"Conv2d() missing {missing}: give Conv2d(in_channels, out_channels, kernel_size) as in "
+                            "PyTorch, or out_channels=..., kernel_size=... to learn in_channels from the first input")
         if in_channels is not None and in_channels < 1:
             raise ValueError(f"conv2d: in_channels must be positive, got {in_channels}")
         if out_channels < 1 or groups < 1 or out_channels % groups:

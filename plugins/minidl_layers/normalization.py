@@ -17,7 +17,7 @@ class LRN(mdl.nn.Module):
     size 5, alpha 1e-4, beta 0.75, k 2.
     """
 
-    def __init__(self, size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 2.0,
+    def __init__(self, size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 2.0, *,
                  convention: str = "paper"):
         super().__init__()
         if convention not in F.normalization.LRN_CONVENTIONS:
@@ -47,7 +47,7 @@ class BatchNorm2d(mdl.nn.Module):
     """
 
     def __init__(self, num_features: int | None = None, eps: float = 1e-5, momentum: float = 0.1,
-                 affine: bool = True, weight_init=1.0, bias_init=0.0):
+                 affine: bool = True, *, weight_init=1.0, bias_init=0.0):
         super().__init__()
         self.eps, self.momentum, self.affine = eps, momentum, affine
         self.num_features = None

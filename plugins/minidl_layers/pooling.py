@@ -11,13 +11,15 @@ from .basic import same_channels
 class MaxPool2d(mdl.nn.Module):
     """Max over windows; AlexNet's overlapping pooling is ``kernel_size: 3, stride: 2``.
 
-    ``stride`` defaults to ``kernel_size`` (non-overlapping).
+    ``stride`` defaults to ``kernel_size`` (non-overlapping). Positional
+    arguments follow PyTorch (kernel_size, stride, padding, dilation);
+    ``ceil_mode`` is keyword-only (PyTorch's fifth is ``return_indices``).
     """
 
     channel_map = same_channels
 
     def __init__(self, kernel_size: int | tuple, stride: int | tuple | None = None, padding: int | tuple = 0,
-                 dilation: int | tuple = 1, ceil_mode: bool = False):
+                 dilation: int | tuple = 1, *, ceil_mode: bool = False):
         super().__init__()
         self.window = Window.make(kernel_size, kernel_size if stride is None else stride, padding, dilation)
         if 2 * self.window.ph > self.window.kh or 2 * self.window.pw > self.window.kw:
@@ -45,7 +47,7 @@ class AvgPool2d(MaxPool2d):
 
     def __init__(self, kernel_size: int | tuple, stride: int | tuple | None = None, padding: int | tuple = 0,
                  ceil_mode: bool = False, count_include_pad: bool = True):
-        super().__init__(kernel_size, stride, padding, 1, ceil_mode)
+        super().__init__(kernel_size, stride, padding, 1, ceil_mode=ceil_mode)
         self.args = dict(kernel_size=kernel_size, stride=stride, padding=padding, ceil_mode=ceil_mode,
                          count_include_pad=count_include_pad)
 

@@ -20,9 +20,12 @@ class SGD(Optimizer):
     ``form="paper"`` (Krizhevsky et al. 2012): v <- momentum*v - wd*lr*w - lr*g; w <- w + v.
     With a constant lr both forms give the same weights; they differ when
     the lr changes, because the paper's velocity carries the old lr.
+
+    ``params, lr, momentum`` may be positional, as in PyTorch; the rest are
+    keyword-only (PyTorch's fourth positional is ``dampening``, not ours).
     """
 
-    def __init__(self, params, lr: float = 0.01, momentum: float = 0.0, weight_decay: float = 0.0,
+    def __init__(self, params, lr: float = 0.01, momentum: float = 0.0, *, weight_decay: float = 0.0,
                  nesterov: bool = False, dampening: float = 0.0, form: str = "pytorch"):
         if lr < 0 or momentum < 0 or weight_decay < 0:
             raise ValueError(f"sgd: lr, momentum and weight_decay must be >= 0 (lr={lr}, momentum={momentum}, "

@@ -18,7 +18,7 @@ __all__ = ["StepLR", "MultiStepLR", "CosineLR", "LinearWarmup", "ReduceOnPlateau
 class StepLR(Scheduler):
     """lr = initial * gamma ** (t // step_size)."""
 
-    def __init__(self, optimizer, step_size: int, gamma: float = 0.1, warmup_steps: int = 0,
+    def __init__(self, optimizer, step_size: int, gamma: float = 0.1, *, warmup_steps: int = 0,
                  warmup_start_factor: float = 0.1):
         if step_size < 1:
             raise ValueError(f"step: step_size must be >= 1, got {step_size}")
@@ -32,7 +32,7 @@ class StepLR(Scheduler):
 class MultiStepLR(Scheduler):
     """lr = initial * gamma ** (number of milestones <= t)."""
 
-    def __init__(self, optimizer, milestones: list, gamma: float = 0.1, warmup_steps: int = 0,
+    def __init__(self, optimizer, milestones: list, gamma: float = 0.1, *, warmup_steps: int = 0,
                  warmup_start_factor: float = 0.1):
         self.milestones, self.gamma = sorted(int(m) for m in milestones), gamma
         super().__init__(optimizer, warmup_steps, warmup_start_factor)
@@ -48,7 +48,7 @@ class CosineLR(Scheduler):
     file's ``train.scheduler``, the trainer sets it to the rest of the run.
     """
 
-    def __init__(self, optimizer, t_max: int | None = None, eta_min: float = 0.0, warmup_steps: int = 0,
+    def __init__(self, optimizer, t_max: int | None = None, eta_min: float = 0.0, *, warmup_steps: int = 0,
                  warmup_start_factor: float = 0.1):
         if t_max is None or t_max < 1:
             raise ValueError(f"cosine: t_max must be >= 1 (the trainer fills it in when a model file omits it), "
@@ -85,7 +85,7 @@ class ReduceOnPlateau(Scheduler):
     needs_metric = True
 
     def __init__(self, optimizer, mode: str = "min", factor: float = 0.1, patience: int = 10,
-                 threshold: float = 1e-4, cooldown: int = 0, min_lr: float = 0.0):
+                 threshold: float = 1e-4, *, cooldown: int = 0, min_lr: float = 0.0):
         if mode not in ("min", "max") or not 0.0 < factor < 1.0:
             raise ValueError(f"reduce_on_plateau: mode must be 'min' or 'max' and 0 < factor < 1 "
                              f"(got mode={mode!r}, factor={factor})")

@@ -71,3 +71,17 @@ def test_gradgradcheck(kind, device, rng):
 def test_dtype_kept(dtype, device, rng):
     dtype = mdl.bfloat16 if dtype == "bfloat16" else dtype
     check_dtype(F.matmul, [fixed_array(rng, (2, 3, 4)), fixed_array(rng, (4, 2))], dtype, device)
+
+
+def test_linear_raises_shape_and_type_errors_like_the_other_ops(device):
+    x = mdl.tensor(np.zeros((2, 6), np.float32), device=device)
+    W = mdl.tensor(np.zeros((4, 5), np.float32), device=device)
+    with pytest.raises(mdl.ShapeError, match=r"linear: expected x \(N, 5\) and W \(out, in\), got \(2, 6\)") as info:
+        F.linear(x, W)
+    assert info.value.op == "linear"
+    with pytest.raises(mdl.ShapeError, match="bias of shape"):
+        F.linear(x[:, :5], W, mdl.tensor(np.zeros(3, np.float32), device=device))
+    with pytest.raises(mdl.OpTypeError, match="linear: operands must have one dtype, got x float64, W float32"):
+        F.linear(x[:, :5].to("float64"), W)
+    with pytest.raises(mdl.OpTypeError, match="b float64"):
+        F.linear(x[:, :5], W, mdl.tensor(np.zeros(4), device=device))

@@ -119,15 +119,36 @@ def test_shares_run_on_one_thread_per_device():
     assert sorted(seen) == ["minidl-cpu:0_0", "minidl-cpu:1_0"]
 
 
-def test_blas_threads_are_shared_out_and_restored():
-    threadpoolctl = pytest.importorskip("threadpoolctl")
-    before = [i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"]
-    model = place(mdl.build_model(MODELS / "alexnet-mini.yaml"), "columns", TWO)
-    during = [i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"]
-    model.placement.close()
-    after = [i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"]
-    assert during == [max(1, mdl.parallel.cpu_cores() // 2)] * len(before)
-    assert after == before
+class _BlasRecorder(_Recorder):
+    def forward(self, x):
+        self.seen.append(_blas_threads())
+        return x * 2.0
+
+
+def _blas_threads():
+    import threadpoolctl
+
+    return [i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"]
+
+
+def test_blas_threads_are_shared_out_only_while_split_layers_run():
+    pytest.importorskip("threadpoolctl")
+    before = _blas_threads()
+    seen = []
+    model = mdl.build_model({"name": "t", "input": [4, 3, 3], "layers": [
+        {"type": "conv2d", "out_channels": 4, "kernel_size": 1}, {"type": "relu"}]})
+    model.nodes[1].module = _BlasRecorder(seen)
+    place(model, "columns", TWO)
+    try:
+        assert _blas_threads() == before  # placing changes nothing process-wide
+        out = model(mdl.tensor(np.ones((2, 4, 3, 3), np.float32), requires_grad=True))
+        assert _blas_threads() == before  # nor does running, once the run is over
+        out.sum().backward()
+        assert _blas_threads() == before
+    finally:
+        model.placement.close()
+    assert seen == [[max(1, mdl.parallel.cpu_cores() // 2)] * len(before)] * 2  # each share, while it ran
+    assert _blas_threads() == before
 
 
 def test_double_backward_through_a_split_layer_is_refused():
@@ -217,20 +238,43 @@ def test_a_layer_split_annotation_overrides_the_strategy(tmp_path):
         mdl.build_model(bad)
 
 
+class ShareError(ValueError):
+    def __init__(self, message, code):
+        super().__init__(message)
+        self.code = code
+
+
 class _FailsOnSecondDevice(_Recorder):
     def forward(self, x):
         if str(x.device) == "cpu:1":
-            raise ValueError("bad share")
+            raise ShareError("bad share", code=7)
         return x
 
 
-def test_an_error_in_a_share_names_its_device():
+def test_an_error_in_a_share_names_its_device_and_layer_and_keeps_its_type():
     model = mdl.build_model({"name": "t", "input": [4, 3, 3], "layers": [
         {"type": "conv2d", "out_channels": 4, "kernel_size": 1}, {"type": "relu"}]})
     model.nodes[1].module = _FailsOnSecondDevice([])
     place(model, "columns", TWO)
     try:
-        with pytest.raises(ValueError, match=r"relu1 \(split over cpu:0, cpu:1\): on cpu:1: bad share"):
+        with pytest.raises(ShareError, match=r"^layer 1 'relu1' \(relu, <mapping>\), input shape \(2, 4, 3, 3\): "
+                                             r"on cpu:1: bad share$") as info:
             model(mdl.tensor(np.ones((2, 4, 3, 3), np.float32)))
     finally:
         model.placement.close()
+    error = info.value
+    assert error.code == 7 and error.device == mdl.Device("cpu:1")
+    assert (error.layer_name, error.layer_type, error.layer_index) == ("relu1", "relu", 1)
+
+
+def test_a_shape_error_in_a_split_linear_stays_a_shape_error():
+    model = mdl.build_model({"name": "t", "input": [8], "layers": [
+        {"type": "linear", "out_features": 4, "name": "fc"}]})
+    place(model, "columns", TWO)
+    try:
+        with pytest.raises(mdl.ShapeError, match=r"layer 0 'fc' \(linear, <mapping>\), input shape \(2, 6\): "
+                                                 r"on cpu:\d: linear: expected x \(N, 8\)") as info:
+            model(mdl.tensor(np.ones((2, 6), np.float32)))
+    finally:
+        model.placement.close()
+    assert info.value.op == "linear" and info.value.device.type == "cpu"

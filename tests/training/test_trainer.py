@@ -1,0 +1,58 @@
+"""Trainer.fit leaves the process's SIGINT handler alone unless asked (``minidl train`` asks)."""
+from __future__ import annotations
+
+import signal
+
+import pytest
+
+from minidl.training.checkpoint import list_checkpoints
+from minidl.training.recipe import prepare
+
+
+def _trainer(tiny, out=None, interrupt_at=None):
+    """A real tiny Trainer whose optimizer step records the SIGINT handler (and can raise a real SIGINT)."""
+    model, data = tiny
+    trainer = prepare(str(model), data=str(data), steps=4, out=out, progress=False, workers=1)
+    seen = []
+    step = trainer.optimizer.step
+
+    def recording_step():
+        step()
+        seen.append(signal.getsignal(signal.SIGINT))
+        if interrupt_at is not None and len(seen) == interrupt_at:
+            signal.raise_signal(signal.SIGINT)
+
+    trainer.optimizer.step = recording_step
+    return trainer, seen
+
+
+@pytest.fixture
+def own_handler():
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, handler)
+    yield handler
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_fit_does_not_touch_sigint_by_default(tiny, own_handler):
+    trainer, seen = _trainer(tiny)
+    trainer.fit()
+    assert seen == [own_handler] * 4
+    assert signal.getsignal(signal.SIGINT) is own_handler
+
+
+def test_ctrl_c_interrupts_a_default_fit_as_usual(tiny, own_handler):
+    trainer, seen = _trainer(tiny, interrupt_at=2)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit()
+    assert len(seen) == 2
+
+
+def test_handle_sigint_finishes_the_step_checkpoints_and_restores_the_handler(tiny, tmp_path, own_handler):
+    trainer, seen = _trainer(tiny, out=tmp_path / "run", interrupt_at=2)
+    trainer.fit(handle_sigint=True)
+    assert len(seen) == 2 and all(handler is not own_handler for handler in seen)  # swapped while fit ran
+    assert signal.getsignal(signal.SIGINT) is own_handler  # and given back
+    assert trainer.step == 2 and list_checkpoints(tmp_path / "run" / "checkpoints")
