@@ -9,8 +9,8 @@ SGD update (momentum 0.9, weight decay 5e-4) on random images and labels that
 already sit on the GPU. Modes: ``fp32`` (TF32 off in both), ``tf32`` (TF32
 allowed: ``minidl.backend.allow_tf32`` and ``CUPY_TF32=1`` for minidl,
 ``allow_tf32`` for PyTorch),
-``bf16``/``fp16`` (PyTorch autocast; minidl has no mixed precision yet and
-prints n/a). Prints images/s, minidl / PyTorch throughput (>= 1.0 means
+``bf16``/``fp16`` (autocast in both: ``mdl.autocast`` and ``mdl.amp.LossScaler``
+for minidl, ``torch.autocast`` and ``GradScaler`` for PyTorch). Prints images/s, minidl / PyTorch throughput (>= 1.0 means
 minidl is faster), and peak memory: minidl's CuPy pool high-water mark of
 bytes in use and bytes held, PyTorch's max allocated and max reserved.
 
@@ -52,9 +52,12 @@ if framework == "minidl":
     x = mdl.tensor(cupy.asarray(x_host))
     y = cupy.asarray(y_host)
     pool = cupy.get_default_memory_pool()
+    low = {"bf16": "bfloat16", "fp16": "float16"}.get(mode)
+    scaler = mdl.amp.LossScaler(enabled=mode == "fp16")
     def step():
-        loss = F.cross_entropy(model(x), y)
-        opt.zero_grad(); loss.backward(); opt.step()
+        with mdl.autocast(low or "bfloat16", enabled=low is not None):
+            loss = F.cross_entropy(model(x), y)
+        opt.zero_grad(); scaler.scale(loss).backward(); scaler.step(opt); scaler.update()
     sync = cupy.cuda.Device(0).synchronize
     class Peak(cupy.cuda.MemoryHook):
         name = "peak"
@@ -187,8 +190,6 @@ def main():
             for mode in args.modes.split(","):
                 got = {}
                 for framework in args.frameworks.split(","):
-                    if framework == "minidl" and mode in ("bf16", "fp16"):
-                        continue  # no mixed precision in minidl yet
                     got[framework] = run_case(framework, model, batch, mode, args.steps, args.profile)
                 rows.append((model, batch, mode, got))
                 mine, ref = got.get("minidl"), got.get("pytorch")

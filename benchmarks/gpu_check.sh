@@ -17,5 +17,7 @@ timeout 300 python -m pytest -q -n 12 -p no:cacheprovider -k "cuda" tests 2>&1 |
 tail -5 "$OUT/tests.log"
 batches=128,256
 [ "${1:-}" = quick ] && batches=128
-timeout 420 python benchmarks/bench_gpu.py --models alexnet,alexnet-torchvision --batches "$batches" \
-  --modes fp32,tf32 --steps 10 --profile --json "$OUT/bench.json" 2>&1 | tee "$OUT/bench.log"
+bench() { timeout 300 python benchmarks/bench_gpu.py --steps 10 --profile "$@" 2>&1 | tee -a "$OUT/bench.log"; }
+bench --models alexnet --batches "$batches" --modes fp32,tf32 --json "$OUT/bench-alexnet.json"
+bench --models alexnet-torchvision --batches 128 --modes fp32,tf32 --json "$OUT/bench-torchvision.json"
+bench --models alexnet --batches 128 --modes bf16 --json "$OUT/bench-bf16.json"

@@ -11,12 +11,13 @@ Autograd runs on NumPy arrays on the CPU and on CuPy arrays on NVIDIA GPUs
 """
 import numpy as _numpy
 
-from . import cpu, functions, nn, optim, random
+from . import amp, cpu, functions, nn, optim, random
 from . import functions as F
 from .backend import Device, DeviceError, cuda_available, cuda_device_count
 from .creation import arange, full, ones, ones_like, zeros, zeros_like
 from .errors import OpError, OpIndexError, OpTypeError, ShapeError
 from .function import Function
+from .functions.autocast import autocast
 from .functions.conv_algorithm import (
     are_deterministic_algorithms_enabled, get_conv_algorithm, set_conv_algorithm, use_deterministic_algorithms,
 )
@@ -38,7 +39,7 @@ __all__ = [
     "ShapeError", "Tensor", "arange", "as_tensor", "cuda_available", "cuda_device_count",
     "enable_grad", "float16", "nn", "optim", "random", "grad", "float32", "hookimpl", "float64", "full", "functions", "int32", "int64",
     "is_grad_enabled", "no_grad", "ones", "ones_like", "set_grad_enabled", "tensor", "zeros",
-    "zeros_like", "cpu", "use_deterministic_algorithms", "are_deterministic_algorithms_enabled",
+    "zeros_like", "amp", "autocast", "cpu", "use_deterministic_algorithms", "are_deterministic_algorithms_enabled",
     "set_conv_algorithm", "get_conv_algorithm",
 ]
 

@@ -32,6 +32,7 @@ __all__ = [
     "matmul_into",
     "allow_tf32",
     "tf32_allowed",
+    "tf32_enabled",
     "as_dtype",
     "scatter_add",
     "synchronize",
@@ -256,10 +257,9 @@ def array_matmul(a, b, out=None):
 
     On CuPy, 2-D and 3-D float operands go to cuBLAS (:func:`matmul_into`):
     float32 accumulation for float16 and bfloat16, TF32 when allowed, no
-    copies of transposed operands. Otherwise bfloat16 operands (which
-    NumPy's ml_dtypes loop would return as float32) are multiplied in float32
-    and the product rounded back, so every op that calls this keeps its
-    inputs' dtype.
+    copies of transposed operands. Otherwise float16 and bfloat16 operands
+    are multiplied in float32 and the product rounded back, so every op that
+    calls this keeps its inputs' dtype and accumulates in float32.
     """
     xp = get_array_module(a, b)
     if xp is not numpy and a.ndim in (2, 3) and b.ndim in (2, 3) and _blas_dtype(a.dtype) is not None \
@@ -269,7 +269,9 @@ def array_matmul(a, b, out=None):
             shape = (a.shape[-2], b.shape[-1]) if a.ndim == b.ndim == 2 else (batch, a.shape[-2], b.shape[-1])
             out = xp.empty(shape, dtype=a.dtype)
         return matmul_into(a, b, out)
-    if a.dtype.kind == "V" or b.dtype.kind == "V":  # ml_dtypes' bfloat16 is a void-kind dtype to NumPy
+    if a.dtype.itemsize == 2 and a.dtype.kind in "fV" or b.dtype.itemsize == 2 and b.dtype.kind in "fV":
+        # float16 and bfloat16 (a void-kind dtype to NumPy): NumPy has no GEMM for them (ml_dtypes' loop
+        # returns float32, float16's accumulates in float16), so multiply in float32 and round once
         dtype = numpy.result_type(a.dtype, b.dtype)
         product = xp.matmul(a.astype(numpy.float32), b.astype(numpy.float32)).astype(dtype)
         if out is None:
@@ -290,6 +292,17 @@ def allow_tf32(allowed: bool = True) -> None:
 
 def tf32_allowed() -> bool:
     return _tf32["allowed"]
+
+
+@contextlib.contextmanager
+def tf32_enabled(allowed: bool = True):
+    """:func:`allow_tf32` for the length of a block, then back to what it was."""
+    previous = _tf32["allowed"]
+    allow_tf32(allowed)
+    try:
+        yield
+    finally:
+        _tf32["allowed"] = previous
 
 
 def _blas_dtype(dtype):

@@ -63,7 +63,8 @@ def _cmd_train(args) -> int:
                       lr=args.lr, device=args.device, out=args.out, seed=args.seed, preset=args.preset,
                       workers=args.workers, checkpoint_every=args.checkpoint_every, keep=args.keep,
                       progress=not args.no_progress, ten_crop=args.ten_crop, devices=args.devices,
-                      strategy=args.strategy, world=world, resume=args.resume, conv_algorithm=args.conv_algorithm)
+                      strategy=args.strategy, world=world, resume=args.resume, conv_algorithm=args.conv_algorithm,
+                      precision=args.precision)
     if world is not None and world.is_root:
         batch = trainer.train_loader.batch_size
         lr = trainer.optimizer.defaults["lr"]
@@ -93,12 +94,13 @@ def _cmd_train(args) -> int:
 
 
 def _restore_model(path, device):
-    """(model in eval mode, the loaded checkpoint) for eval and predict."""
+    """(model in eval mode, the loaded checkpoint) for eval and predict; a run's weight average when it kept one."""
     from .serialization import load
 
     loaded = load(path, device)
     if loaded.model is None:
         raise ValueError(f"{path}: has no model spec, so the model cannot be rebuilt")
+    loaded.use_average()
     loaded.model.eval()
     return loaded.model, loaded
 
@@ -217,6 +219,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="cpu or cuda:N")
     _device_split_options(p)
     _conv_algorithm_option(p)
+    p.add_argument("--precision", choices=["fp32", "tf32", "bf16", "fp16"],
+                   help="fp32, tf32 (GPU tensor cores), bf16 or fp16 (mixed precision with float32 master weights; "
+                        "fp16 scales the loss); default: the model file's train: precision, else fp32")
     p.add_argument("--out", default="runs/latest", help="output directory (default: runs/latest)")
     p.add_argument("--resume", action="store_true", help="continue from the newest valid checkpoint in --out")
     p.add_argument("--seed", type=int)

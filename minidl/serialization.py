@@ -24,6 +24,12 @@ class Loaded:
     optimizer_state: dict | None  # for optimizer.load_state_dict
     meta: dict
     transform_state: dict  # data-transform statistics of a training run (e.g. a mean image)
+    ema: dict | None = None  # parameter name -> averaged weights, when the run kept an average (train: {ema: ...})
+
+    def use_average(self) -> None:
+        """Put the averaged weights into :attr:`model` (what ``minidl eval`` and ``predict`` evaluate)."""
+        if self.ema and self.model is not None:
+            self.model.load_state_dict({**dict(self.model.state_dict()), **self.ema})
 
 
 def save(path, model, optimizer=None, **meta):
@@ -51,4 +57,5 @@ def load(path, device=None) -> Loaded:
         model.load_state_dict(checkpoint["model"])
         if device is not None:
             model.to(device)
-    return Loaded(model, checkpoint["model"], checkpoint["optimizer"], meta, checkpoint["transform"])
+    return Loaded(model, checkpoint["model"], checkpoint["optimizer"], meta, checkpoint["transform"],
+                  checkpoint.get("ema") or None)

@@ -11,6 +11,9 @@
       seed: 0
       scheduler_interval: step         # or epoch (the default)
       conv_algorithm: auto             # or a registered algorithm's name (default: the rule)
+      precision: bf16                  # fp32 (default), tf32, bf16 or fp16 (see minidl.autocast)
+      ema: 0.999                       # evaluate a moving average of the weights
+      label_smoothing: 0.1
 """
 from __future__ import annotations
 
@@ -26,7 +29,10 @@ TRAIN_KEYS = {
     "epochs": int, "steps": int, "batch_size": int, "seed": int, "eval_batch_size": int,
     "optimizer": dict, "scheduler": dict, "data": dict, "augmentation": list, "preset": str,
     "keep_checkpoints": int, "scheduler_interval": str, "workers": int, "image_size": int, "conv_algorithm": str,
+    "precision": str, "ema": float, "label_smoothing": float,
 }
+_CHOICES = {"precision": ("fp32", "tf32", "bf16", "fp16"), "scheduler_interval": ("epoch", "step")}
+_OPEN_UNIT = {"ema": "between 0 and 1 (exclusive), e.g. 0.999", "label_smoothing": "in [0, 1), e.g. 0.1"}
 _COMPONENTS = {  # key -> (registry kind, leading positional parameters the framework passes)
     "optimizer": ("optimizers", 1),
     "scheduler": ("schedulers", 1),
@@ -69,6 +75,11 @@ def validate_train_spec(train, source: str, mark=None) -> None:
             raise ModelError(f"train.{key} must be {expected.__name__}, got {value!r}", source, where(train, key))
         if expected is int and value < 0:
             raise ModelError(f"train.{key} must be >= 0, got {value}", source, where(train, key))
+        if key in _CHOICES and value not in _CHOICES[key]:
+            raise ModelError(f"train.{key} must be one of {', '.join(_CHOICES[key])}, got {value!r}", source,
+                             where(train, key))
+        if key in _OPEN_UNIT and not (0 <= value < 1 and (value > 0 or key != "ema")):
+            raise ModelError(f"train.{key} must be {_OPEN_UNIT[key]}, got {value!r}", source, where(train, key))
     if "conv_algorithm" in train and train["conv_algorithm"] != "auto":
         algorithms = registry("conv_algorithms")
         if train["conv_algorithm"] not in algorithms:

@@ -19,6 +19,7 @@ from __future__ import annotations
 from ..errors import ShapeError
 from ..function import Function
 from ..tensor import Tensor
+from .autocast import cast_operands
 from .conv_algorithm import ConvAlgorithm, ConvProblem, select
 from .window import Window
 
@@ -124,6 +125,7 @@ def conv2d(x, W, b=None, stride=1, padding=0, dilation=1, groups: int = 1, algor
 
         y = F.conv2d(x, W, b, stride=4)        # x (8, 3, 227, 227), W (96, 3, 11, 11) -> (8, 96, 55, 55)
     """
+    x, W, b = cast_operands("conv2d", x, W, b)
     check_conv_shapes(x.shape, W.shape, None if b is None else b.shape, groups)
     win = Window.make((W.shape[2], W.shape[3]), stride, padding, dilation)
     try:

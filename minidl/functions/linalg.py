@@ -8,6 +8,7 @@ from ..errors import OpTypeError, ShapeError
 from ..function import Function
 from ..tensor import Tensor
 from .array import reshape, sum_to, swapaxes
+from .autocast import cast_operands
 
 __all__ = ["matmul", "linear"]
 
@@ -36,6 +37,7 @@ class MatMul(Function):
 
 def matmul(a, b) -> Tensor:
     """Matrix product ``a @ b`` (batched and broadcasting over leading axes)."""
+    a, b = cast_operands("matmul", a, b)
     return MatMul()(a, b)
 
 
@@ -69,6 +71,7 @@ def linear(x, W, b=None) -> Tensor:
     :class:`minidl.OpTypeError` for operands of different dtypes (as PyTorch,
     no silent promotion: a float64 ``x`` with a float32 ``W`` is refused).
     """
+    x, W, b = cast_operands("linear", x, W, b)
     if x.ndim != 2 or W.ndim != 2 or x.shape[1] != W.shape[1]:
         raise ShapeError(f"linear: expected x (N, {W.shape[-1] if W.ndim else '?'}) and W (out, in), got "
                          f"{x.shape} and {W.shape}", "linear")

@@ -7,6 +7,8 @@ from ..backend import get_array_module
 from ..errors import OpIndexError, OpTypeError, ShapeError
 from ..function import Function
 from ..tensor import Tensor, _wrap
+from .array import astype
+from .autocast import cast_operands
 from .nn import log_softmax_array, softmax
 
 __all__ = ["cross_entropy"]
@@ -25,16 +27,16 @@ class CrossEntropy(Function):
     def forward(self, logits, labels):
         xp = get_array_module(logits)
         n = logits.shape[0]
-        log_probs = log_softmax_array(logits, axis=1)
+        log_probs = log_softmax_array(logits, axis=1, keep_wide=True)  # float32 for float16/bfloat16 logits
         losses = -log_probs[xp.arange(n), labels]
         if self.smoothing:
             losses *= 1.0 - self.smoothing
             losses -= self.smoothing * log_probs.mean(axis=1)
         if self.reduction == "mean":
-            return losses.mean() if n else losses.sum()
-        if self.reduction == "sum":
-            return losses.sum()
-        return losses
+            losses = losses.mean() if n else losses.sum()
+        elif self.reduction == "sum":
+            losses = losses.sum()
+        return losses.astype(logits.dtype, copy=False)  # reduced in float32 for float16/bfloat16 logits
 
     def backward(self, gy):
         logits, labels = self.inputs
@@ -48,7 +50,7 @@ class CrossEntropy(Function):
             scale = gy * (1.0 / max(n, 1))
         else:
             scale = gy
-        return (softmax(logits, axis=1) - _wrap(target, logits.device)) * scale, None
+        return astype((softmax(logits, axis=1) - _wrap(target, logits.device)) * scale, logits.dtype), None
 
 
 def cross_entropy(logits, labels, reduction: str = "mean", label_smoothing: float = 0.0) -> Tensor:
@@ -63,6 +65,9 @@ def cross_entropy(logits, labels, reduction: str = "mean", label_smoothing: floa
         label_smoothing: s in [0, 1): the target puts 1 - s on the label and s / C on every class
             (as PyTorch's ``label_smoothing``).
 
+    float16 and bfloat16 logits are reduced in float32 and the loss rounded to their dtype once (under
+    :func:`minidl.autocast` the logits, and so the loss, are float32).
+
     >>> loss = cross_entropy(model(x), y)
     """
     if reduction not in _REDUCTIONS:
@@ -70,6 +75,7 @@ def cross_entropy(logits, labels, reduction: str = "mean", label_smoothing: floa
     if not 0.0 <= label_smoothing < 1.0:
         raise ValueError(f"cross_entropy: label_smoothing must be in [0, 1), got {label_smoothing}")
     label_array = labels.data if isinstance(labels, Tensor) else labels
+    (logits,) = cast_operands("cross_entropy", logits)
     if logits.ndim != 2:
         raise ShapeError(f"cross_entropy: logits must be (N, C), got shape {logits.shape}", "cross_entropy")
     xp = get_array_module(logits.data)

@@ -11,6 +11,7 @@ from ..backend import get_array_module
 from ..function import Function
 from ..tensor import Tensor, _is_float_dtype, _wrap
 from .array import sum_to
+from .autocast import cast_operands
 
 __all__ = [
     "add", "sub", "mul", "div", "neg", "pow", "exp", "log", "sqrt", "abs", "tanh", "sigmoid",
@@ -142,6 +143,7 @@ def neg(x) -> Tensor:
 
 def pow(a, b) -> Tensor:  # noqa: A001 - the op's name
     """``a ** b``; ``b`` may be a Python number (fast path) or a tensor."""
+    a, b = cast_operands("pow", a, b)
     if isinstance(b, (int, float)) and not isinstance(b, bool):
         return PowScalar(b)(a)
     return Pow()(a, b)
@@ -245,11 +247,13 @@ class Sigmoid(Function):
 
 def exp(x) -> Tensor:
     """e to the power x, elementwise."""
+    (x,) = cast_operands("exp", x)
     return Exp()(x)
 
 
 def log(x) -> Tensor:
     """Natural logarithm, elementwise."""
+    (x,) = cast_operands("log", x)
     return Log()(x)
 
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 from ..backend import get_array_module
 from ..function import Function
 from ..tensor import Tensor, _wrap
-from .math import exp
 from . import reduction
+from .autocast import cast_operands
+from .math import exp
+from .reduction import accumulator
 
 __all__ = ["relu", "softmax", "log_softmax"]
 
@@ -29,18 +31,25 @@ def relu(x) -> Tensor:
 
 
 def softmax_array(x, axis):
-    """Numerically stable softmax of an array (the max is subtracted first)."""
+    """Numerically stable softmax of an array (the max is subtracted first); float16 and bfloat16 are computed
+    in float32 and rounded back."""
     xp = get_array_module(x)
-    e = xp.exp(x - x.max(axis=axis, keepdims=True))
+    wide = accumulator(x.dtype)
+    xw = x if wide is None else x.astype(wide)
+    e = xp.exp(xw - xw.max(axis=axis, keepdims=True))
     e /= e.sum(axis=axis, keepdims=True)
-    return e
+    return e if wide is None else e.astype(x.dtype)
 
 
-def log_softmax_array(x, axis):
-    """Numerically stable log-softmax of an array (log-sum-exp with the max factored out)."""
+def log_softmax_array(x, axis, keep_wide=False):
+    """Numerically stable log-softmax of an array (log-sum-exp with the max factored out); float16 and bfloat16
+    are computed in float32 and rounded back (or left in float32 with ``keep_wide``)."""
     xp = get_array_module(x)
-    shifted = x - x.max(axis=axis, keepdims=True)
-    return shifted - xp.log(xp.exp(shifted).sum(axis=axis, keepdims=True))
+    wide = accumulator(x.dtype)
+    xw = x if wide is None else x.astype(wide)
+    shifted = xw - xw.max(axis=axis, keepdims=True)
+    out = shifted - xp.log(xp.exp(shifted).sum(axis=axis, keepdims=True))
+    return out if wide is None or keep_wide else out.astype(x.dtype)
 
 
 class Softmax(Function):
@@ -75,9 +84,11 @@ class LogSoftmax(Function):
 
 def softmax(x, axis: int = -1) -> Tensor:
     """exp(x) / sum(exp(x)) along ``axis``, computed stably."""
+    (x,) = cast_operands("softmax", x)
     return Softmax(axis)(x)
 
 
 def log_softmax(x, axis: int = -1) -> Tensor:
     """log(softmax(x)) along ``axis``, computed stably (no log of 0 for large logits)."""
+    (x,) = cast_operands("log_softmax", x)
     return LogSoftmax(axis)(x)

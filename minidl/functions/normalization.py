@@ -13,9 +13,11 @@ from ..function import Function
 from ..grad_mode import enable_grad, is_grad_enabled
 from ..autograd import partial_grad
 from ..tensor import Tensor, _wrap
-from .array import reshape
+from .array import astype, reshape
+from .autocast import cast_operands
 from .linalg import matmul
 from .math import sqrt
+from .reduction import accumulator
 from .window import from_storage, is_channels_last, storage_view
 
 __all__ = ["local_response_norm", "batch_norm", "LRN_CONVENTIONS"]
@@ -243,6 +245,9 @@ def local_response_norm(x, size: int = 5, alpha: float = 1e-4, beta: float = 0.7
     if x.ndim < 2:
         raise ValueError(f"local_response_norm: expected (N, C, ...) input, got shape {x.shape}")
     scale = alpha if convention == "paper" else alpha / size
+    (x,) = cast_operands("local_response_norm", x)
+    if accumulator(x.dtype) is not None:  # float16/bfloat16: the channel sums and powers in float32
+        return astype(LocalResponseNorm(size, scale, beta, k)(astype(x, numpy.float32)), x.dtype)
     return LocalResponseNorm(size, scale, beta, k)(x)
 
 
@@ -255,6 +260,10 @@ def batch_norm(x, weight=None, bias=None, running_mean=None, running_var=None, t
     unbiased variance, as PyTorch does. In evaluation, uses the running
     statistics.
     """
+    x, weight, bias = cast_operands("batch_norm", x, weight, bias)
+    if accumulator(x.dtype) is not None:  # float16/bfloat16: statistics and normalization in float32
+        return astype(batch_norm(astype(x, numpy.float32), weight, bias, running_mean, running_var, training,
+                                 momentum, eps), x.dtype)
     axes = (0,) + tuple(range(2, x.ndim))
     shape = (1, x.shape[1]) + (1,) * (x.ndim - 2)
     if training:

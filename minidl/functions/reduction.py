@@ -3,9 +3,12 @@ from __future__ import annotations
 
 import builtins
 
+import numpy
+
 from ..function import Function
 from ..tensor import Tensor, _wrap
 from .array import broadcast_to, reshape
+from .autocast import cast_operands
 
 __all__ = ["sum", "mean", "max", "min"]
 
@@ -41,6 +44,12 @@ def _keepdims_shape(in_shape, axis):
     return tuple(1 if i in axis else n for i, n in enumerate(in_shape))
 
 
+def accumulator(dtype):
+    """The dtype to sum ``dtype`` values in: float32 for float16 and bfloat16 (whose own running sums stall --
+    100,000 bfloat16 ones add up to 256), None (the values' own) otherwise."""
+    return numpy.float32 if dtype.itemsize == 2 and dtype.kind in "fV" else None
+
+
 def _spread(gy, in_shape, axis, keepdims):
     """Broadcast a reduction's upstream gradient back to the input's shape."""
     if not keepdims:
@@ -57,7 +66,9 @@ class Sum(Function):
 
     def forward(self, x):
         self.in_shape = x.shape
-        return x.sum(axis=self.axis, keepdims=self.keepdims)
+        wide = accumulator(x.dtype)
+        y = x.sum(axis=self.axis, keepdims=self.keepdims, dtype=wide)
+        return y if wide is None else y.astype(x.dtype)
 
     def backward(self, gy):
         return _spread(gy, self.in_shape, self.axis, self.keepdims)
@@ -72,9 +83,10 @@ class Mean(Function):
 
     def forward(self, x):
         self.in_shape = x.shape
-        y = x.mean(axis=self.axis, keepdims=self.keepdims)
+        wide = accumulator(x.dtype)
+        y = x.mean(axis=self.axis, keepdims=self.keepdims, dtype=wide)
         self.count = x.size // y.size if y.size else 1
-        return y
+        return y if wide is None else y.astype(x.dtype)
 
     def backward(self, gy):
         return _spread(gy, self.in_shape, self.axis, self.keepdims) * (1.0 / self.count)
@@ -115,6 +127,7 @@ class Min(_Extreme):
 def sum(x, axis=None, keepdims: bool = False, *, dim=None, keepdim=None) -> Tensor:  # noqa: A001 - the op's name
     """Sum over ``axis`` (an int, a tuple, or None for all axes); PyTorch's ``dim=``/``keepdim=`` work too."""
     axis, keepdims = axis_args("sum", axis, keepdims, dim, keepdim)
+    (x,) = cast_operands("sum", x)
     return Sum(_normalize_axis(axis, x.ndim), keepdims)(x)
 
 
@@ -124,6 +137,7 @@ def mean(x, axis=None, keepdims: bool = False, *, dim=None, keepdim=None) -> Ten
     An integer tensor's mean is float32 (the default float dtype), as in PyTorch.
     """
     axis, keepdims = axis_args("mean", axis, keepdims, dim, keepdim)
+    (x,) = cast_operands("mean", x)
     return Mean(_normalize_axis(axis, x.ndim), keepdims)(x)
 
 

@@ -5,7 +5,8 @@ the optimizer's arrays (``optimizer/<param index>/<key>``), transform
 statistics (``transform/<key>``), and, as JSON in the file's metadata, the
 model spec, plugin names and versions, step, epoch, position in the epoch,
 RNG state, scheduler state, optimizer hyperparameters and scalars, the
-best metric, and the algorithm each convolution layer chose per shape. One file means one atomic ``os.replace``: a checkpoint is
+best metric, the algorithm each convolution layer chose per shape, the
+precision and loss-scaler state, and the weight average (``ema/<name>``). One file means one atomic ``os.replace``: a checkpoint is
 either complete or absent. No pickle anywhere.
 """
 from __future__ import annotations
@@ -50,8 +51,10 @@ def _host(array):
     return numpy.ascontiguousarray(transfer(array, CPU))
 
 
-def write_checkpoint(path, model, optimizer=None, meta: dict | None = None, transform_state: dict | None = None):
-    """Write model (and optimizer) state plus JSON ``meta`` to one safetensors file, atomically."""
+def write_checkpoint(path, model, optimizer=None, meta: dict | None = None, transform_state: dict | None = None,
+                     ema: dict | None = None):
+    """Write model (and optimizer) state plus JSON ``meta`` to one safetensors file, atomically; ``ema`` holds
+    averaged weights by parameter name (``ema/<name>``)."""
     from safetensors.numpy import save_file
 
     tensors = {f"model/{k}": _host(v) for k, v in model.state_dict().items()}
@@ -69,6 +72,8 @@ def write_checkpoint(path, model, optimizer=None, meta: dict | None = None, tran
                              "scalars": scalars, "step_count": state["step_count"]}
     for key, value in (transform_state or {}).items():
         tensors[f"transform/{key}"] = _host(value)
+    for key, value in (ema or {}).items():
+        tensors[f"ema/{key}"] = _host(value)
     meta["format"] = FORMAT
     path = Path(path)
     with atomic_write(path) as tmp:
@@ -77,10 +82,10 @@ def write_checkpoint(path, model, optimizer=None, meta: dict | None = None, tran
 
 
 def save_checkpoint(directory, step: int, model, optimizer=None, meta: dict | None = None,
-                    transform_state: dict | None = None, keep: int = 3) -> Path:
+                    transform_state: dict | None = None, keep: int = 3, ema: dict | None = None) -> Path:
     """Write ``ckpt-<step>.safetensors`` atomically and keep only the newest ``keep`` checkpoints."""
     path = write_checkpoint(checkpoint_path(directory, step), model, optimizer, {**(meta or {}), "step": int(step)},
-                            transform_state)
+                            transform_state, ema)
     for old in list_checkpoints(directory)[:-keep] if keep > 0 else []:
         old.unlink(missing_ok=True)
     return path
@@ -95,7 +100,8 @@ def _json_default(value):
 
 
 def load_checkpoint(path) -> dict:
-    """{"meta": dict, "model": {name: array}, "optimizer": state dict or None, "transform": {key: array}}."""
+    """{"meta": dict, "model": {name: array}, "optimizer": state dict or None, "transform": {key: array},
+    "ema": {parameter name: averaged array} (empty without a weight average)}."""
     path = Path(path)
     try:
         _, metadata, _ = read_header(path)
@@ -110,6 +116,7 @@ def load_checkpoint(path) -> dict:
         raise CheckpointError(f"{path}: {e}" if str(path) not in str(e) else str(e)) from None
     model = {k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")}
     transform = {k[len("transform/"):]: v for k, v in tensors.items() if k.startswith("transform/")}
+    ema = {k[len("ema/"):]: v for k, v in tensors.items() if k.startswith("ema/")}
     optimizer = None
     if "optimizer" in meta:
         opt = meta["optimizer"]
@@ -121,7 +128,7 @@ def load_checkpoint(path) -> dict:
         for index, values in opt.get("scalars", {}).items():
             state.setdefault(int(index), {}).update(values)
         optimizer = {"state": state, "param_groups": opt["param_groups"], "step_count": opt.get("step_count", 0)}
-    return {"meta": meta, "model": model, "optimizer": optimizer, "transform": transform, "path": path}
+    return {"meta": meta, "model": model, "optimizer": optimizer, "transform": transform, "ema": ema, "path": path}
 
 
 def latest_valid_checkpoint(directory):

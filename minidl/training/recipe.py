@@ -165,7 +165,8 @@ def apply_conv_algorithm(model, request) -> None:
 
 def prepare(model_path, data=None, epochs=None, steps=None, batch_size=None, lr=None, device="cpu", out=None,
             seed=None, preset=None, workers=None, checkpoint_every=None, keep=None, progress=True,
-            ten_crop=False, devices=None, strategy=None, world=None, resume=False, conv_algorithm=None) -> Trainer:
+            ten_crop=False, devices=None, strategy=None, world=None, resume=False, conv_algorithm=None,
+            precision=None) -> Trainer:
     """Build the model, data, optimizer and scheduler for ``minidl train`` and return the Trainer.
 
     ``devices``/``strategy`` (default: the model file's) split the model over
@@ -176,6 +177,8 @@ def prepare(model_path, data=None, epochs=None, steps=None, batch_size=None, lr=
     training data once; with ``resume`` they come from the run's checkpoint. ``conv_algorithm``
     (default: ``train: {conv_algorithm: ...}``) is the algorithm of every
     convolution layer that does not name its own (see :func:`apply_conv_algorithm`).
+    ``precision`` (default: ``train: {precision: ...}``, else fp32) is the
+    trainer's precision policy.
     """
     if world is not None and str(device).startswith("cuda") and devices is None:
         device = f"cuda:{world.local_rank % cuda_device_count()}"
@@ -259,4 +262,5 @@ def prepare(model_path, data=None, epochs=None, steps=None, batch_size=None, lr=
     return Trainer(model, optimizer, train_loader, val_loader, scheduler, epochs=epochs, steps=steps, out_dir=out,
                    checkpoint_every=checkpoint_every, keep=keep or train.get("keep_checkpoints", 3), meta=meta,
                    transform_state=pipeline.state_dict(), progress=progress, eval_crops=crops,
-                   scheduler_interval=interval, world=world)
+                   scheduler_interval=interval, world=world, precision=precision or train.get("precision", "fp32"),
+                   ema=train.get("ema"), label_smoothing=train.get("label_smoothing", 0.0))

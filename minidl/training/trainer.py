@@ -16,8 +16,6 @@ algorithm, and resuming uses the same ones).
 from __future__ import annotations
 
 import contextlib
-import csv
-import json
 import math
 import signal
 import threading
@@ -29,70 +27,26 @@ import numpy
 from .. import random
 from ..backend import CPU, transfer
 from ..cpu import scratch
+from ..amp import LossScaler
+from ..backend import tf32_enabled
 from ..functions import cross_entropy
+from ..functions.autocast import autocast
 from ..grad_mode import no_grad
-from ..tensor import Tensor
 from .checkpoint import (
     conv_algorithm_records, latest_valid_checkpoint, list_checkpoints, load_checkpoint, restore_conv_algorithms,
     save_checkpoint,
 )
 
-__all__ = ["Trainer", "NonFiniteError", "evaluate", "topk_correct"]
+from .ema import WeightAverage
+from .metrics import append_metrics, evaluate, format_row, progress_bar, topk_correct
+
+__all__ = ["Trainer", "NonFiniteError", "evaluate", "topk_correct", "PRECISIONS"]
+
+PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
 
 
 class NonFiniteError(FloatingPointError):
     """Training produced NaN or infinity; the message names the step and the layer."""
-
-
-def topk_correct(logits, labels, ks=(1, 5)) -> dict:
-    """{k: number of rows whose label is among the k largest logits} (host ints)."""
-    scores = transfer(logits.data if isinstance(logits, Tensor) else logits, CPU)
-    labels = numpy.asarray(transfer(labels, CPU))
-    result = {}
-    order = numpy.argsort(-scores, axis=1, kind="stable")
-    for k in ks:
-        k_eff = min(k, scores.shape[1])
-        result[k] = int((order[:, :k_eff] == labels[:, None]).any(axis=1).sum())
-    return result
-
-
-@no_grad()
-def evaluate(model, loader, crops: int = 1, world=None) -> dict:
-    """Loss, top-1 and top-5 accuracy of ``model`` (in eval mode) over ``loader``.
-
-    With ``crops`` > 1 (ten-crop evaluation), each image's ``crops`` rows of
-    logits are averaged as softmax probabilities, as in the paper. With an
-    MPI ``world`` each process evaluates its share of every batch and the
-    totals are summed.
-    """
-    was_training = model.training
-    model.eval()
-    total, loss_sum, correct = 0, 0.0, {1: 0, 5: 0}
-    try:
-        for batch in loader.epoch(0):
-            inputs, labels = batch.inputs, batch.labels
-            if world is not None:
-                lo, hi = world.share(len(labels))
-                inputs, labels = inputs[lo * crops:hi * crops], labels[lo:hi]
-                if hi <= lo:
-                    continue
-            logits = model(inputs)
-            if crops > 1:
-                probs = logits.softmax(axis=1).numpy().reshape(len(labels), crops, -1).mean(axis=1)
-                loss_sum += float(-numpy.log(probs[numpy.arange(len(labels)), labels] + 1e-12).sum())
-                hits = topk_correct(numpy.log(probs + 1e-12), labels)
-            else:
-                loss_sum += float(cross_entropy(logits, labels, reduction="sum").item())
-                hits = topk_correct(logits, labels)
-            total += len(labels)
-            for k in correct:
-                correct[k] += hits[k]
-    finally:
-        model.train(was_training)
-    if world is not None:
-        loss_sum, correct[1], correct[5], total = world.sum([loss_sum, correct[1], correct[5], total])
-    return {"loss": loss_sum / max(total, 1), "top1": correct[1] / max(total, 1), "top5": correct[5] / max(total, 1),
-            "count": total}
 
 
 class Trainer:
@@ -113,13 +67,19 @@ class Trainer:
             (1 on the CPU; larger on a GPU to avoid stalling it).
         world: an MPI world (:func:`minidl.parallel.mpi.world`): train data-parallel
             over its processes (see :mod:`minidl.parallel.mpi`); rank 0 alone writes.
+        precision: ``fp32``, ``tf32`` (float32 with TF32 GEMMs on GPUs; float32 on a CPU), ``bf16`` or
+            ``fp16`` (:func:`minidl.autocast` around forward and loss; fp16 also scales the loss with
+            :class:`minidl.amp.LossScaler`). Parameters and optimizer state stay float32.
+        ema: keep an exponential moving average of the weights with this decay
+            (:class:`~minidl.training.ema.WeightAverage`) and evaluate it instead of the weights.
+        label_smoothing: of the cross-entropy target (as PyTorch's).
     """
 
     def __init__(self, model, optimizer, train_loader, val_loader=None, scheduler=None, epochs: int | None = None,
                  steps: int | None = None, out_dir=None, checkpoint_every: int | None = None, keep: int = 3,
                  meta: dict | None = None, transform_state: dict | None = None, progress: bool = True,
                  check_every: int | None = None, eval_crops: int = 1, scheduler_interval: str = "epoch",
-                 world=None):
+                 world=None, precision: str = "fp32", ema: float | None = None, label_smoothing: float = 0.0):
         if epochs is None and steps is None:
             raise ValueError("Trainer: give epochs or steps")
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
@@ -146,6 +106,24 @@ class Trainer:
         self.history = []
         self._stop_requested = False
         self.optimizer_parameters = [p for group in optimizer.param_groups for p in group["params"]]
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        self.precision, self.label_smoothing = precision, float(label_smoothing)
+        self.scaler = LossScaler(enabled=precision == "fp16")
+        self.ema = WeightAverage(model, ema) if ema else None
+
+    def _autocast(self):
+        """The precision policy around forward and loss (nothing for fp32 and tf32)."""
+        low = {"bf16": "bfloat16", "fp16": "float16"}.get(self.precision)
+        return autocast(low) if low else contextlib.nullcontext()
+
+    def _tf32(self):
+        """TF32 GEMMs for the run when ``precision`` is tf32 (restored afterwards); said once on a CPU."""
+        if self.precision != "tf32":
+            return contextlib.nullcontext()
+        if self.train_loader.device.type != "cuda":
+            self._say("precision tf32: TF32 is a GPU tensor-core format; on the CPU this run is float32")
+        return tf32_enabled(True)
 
     # ------------------------------------------------------------------ state
     def _meta(self) -> dict:
@@ -153,7 +131,9 @@ class Trainer:
         meta.update(step=self.step, epoch=self.epoch, position=self.position, best=self.best,
                     rng=random.get_state(), loader_seed=self.train_loader.seed,
                     scheduler=self.scheduler.state_dict() if self.scheduler is not None else None,
-                    history=self.history, conv_algorithms=conv_algorithm_records(self.model))
+                    history=self.history, conv_algorithms=conv_algorithm_records(self.model),
+                    precision=self.precision, loss_scaler=self.scaler.state_dict(),
+                    ema={"decay": self.ema.decay, "updates": self.ema.updates} if self.ema is not None else None)
         return meta
 
     def save(self) -> Path | None:
@@ -165,7 +145,8 @@ class Trainer:
                 raise NonFiniteError(f"step {self.step}: parameter {name} is not finite; "
                                      "not overwriting the last good checkpoint")
         return save_checkpoint(self.out_dir / "checkpoints", self.step, self.model, self.optimizer, self._meta(),
-                               self.transform_state, keep=self.keep)
+                               self.transform_state, keep=self.keep,
+                               ema=self.ema.averages if self.ema is not None else None)
 
     def restore(self, checkpoint: dict) -> None:
         """Load model, optimizer, scheduler, RNG and position from a loaded checkpoint."""
@@ -179,6 +160,13 @@ class Trainer:
             self.scheduler.load_state_dict(meta["scheduler"])
         random.set_state(meta["rng"])
         restore_conv_algorithms(self.model, meta.get("conv_algorithms", []))  # the same arithmetic as before
+        if meta.get("loss_scaler") is not None:
+            self.scaler.load_state_dict(meta["loss_scaler"])
+        if self.ema is not None and checkpoint.get("ema"):
+            self.ema.load_state_dict({**meta["ema"], "averages": checkpoint["ema"]})
+        elif self.ema is not None:
+            self.ema = WeightAverage(self.model, self.ema.decay)
+            self._say(f"{checkpoint['path']} has no weight average: the average starts from its weights")
 
     # ----------------------------------------------------------------- running
     def fit(self, resume: bool = False, handle_sigint: bool = False) -> list:
@@ -204,7 +192,7 @@ class Trainer:
             self.out_dir.mkdir(parents=True, exist_ok=True)
         if self.world is not None:
             self.world.broadcast_parameters(self.model)
-        with _StopOnInterrupt(self) if handle_sigint else contextlib.nullcontext():
+        with _StopOnInterrupt(self) if handle_sigint else contextlib.nullcontext(), self._tf32():
             while not self._done():
                 self._train_epoch()
                 if self._stop_requested:
@@ -237,7 +225,7 @@ class Trainer:
         model, loader = self.model, self.train_loader
         model.train()
         batches = len(loader)
-        bar = _progress(self.progress, total=batches, initial=self.position, desc=f"epoch {self.epoch + 1}")
+        bar = progress_bar(self.progress, total=batches, initial=self.position, desc=f"epoch {self.epoch + 1}")
         seen = correct = 0
         loss_sum = 0.0
         pending = []  # (loss tensor, logits, labels) not yet read back from the device
@@ -249,20 +237,23 @@ class Trainer:
                 lo, hi = self.world.share(len(labels))
                 inputs, labels = inputs[lo:hi], labels[lo:hi]
                 share = random.batch_shard(lo, hi, len(batch.labels))
-            with share:
+            with share, self._autocast():
                 logits = model(inputs)
-            loss = cross_entropy(logits, labels)
+                loss = cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
             if self.world is None and self.check_every == 1 and not math.isfinite(loss.item()):
                 raise NonFiniteError(self._diagnose(batch, loss.item(), self.step + 1))  # before the update
             self.optimizer.zero_grad()
-            loss.backward()
+            self.scaler.scale(loss).backward()
             if self.world is not None:
                 global_loss, stop = self.world.allreduce_step(
                     self.optimizer_parameters, len(labels) / len(batch.labels), loss.item(), self._stop_requested)
                 if not math.isfinite(global_loss):  # every rank sees the same value and stops here
                     raise NonFiniteError(self._diagnose(batch, global_loss, self.step + 1))
                 self._stop_requested = stop
-            self.optimizer.step()
+            self.scaler.step(self.optimizer)  # optimizer.step(), unless fp16 gradients overflowed
+            self.scaler.update()
+            if self.ema is not None:
+                self.ema.update()
             if self.step_scheduler_each_step:
                 self.scheduler.step()
             self.step += 1
@@ -300,7 +291,8 @@ class Trainer:
                "train_loss": train_loss, "train_top1": train_top1, "images_per_s": images_per_s,
                "seconds": seconds}
         if self.val_loader is not None:
-            result = evaluate(self.model, self.val_loader, crops=self.eval_crops, world=self.world)
+            with self.ema.applied() if self.ema is not None else contextlib.nullcontext(), self._autocast():
+                result = evaluate(self.model, self.val_loader, crops=self.eval_crops, world=self.world)
             row.update(val_loss=result["loss"], val_top1=result["top1"], val_top5=result["top5"])
             if self.best is None or result["top1"] > self.best:
                 self.best = result["top1"]
@@ -312,9 +304,9 @@ class Trainer:
         self.history.append(row)
         self.epoch += 1
         self.position = 0
-        self._say(_format_row(row))
+        self._say(format_row(row))
         if self.out_dir is not None and self.writes:
-            _append_metrics(self.out_dir, row)
+            append_metrics(self.out_dir, row)
             self.save()
 
     def _diagnose(self, batch, value, step) -> str:
@@ -334,47 +326,6 @@ class Trainer:
                         return (f"step {step}: loss is {value}; first non-finite output at layer "
                                 f"{node.index} {node.name!r} ({node.type})")
         return f"step {step}: loss is {value} (the model's outputs are finite: check the labels and the loss)"
-
-
-def _format_row(row) -> str:
-    text = (f"epoch {row['epoch']}: loss {row['train_loss']:.4f}, train top-1 {row['train_top1']:.2%}, "
-            f"{row['images_per_s']:,.0f} images/s, {row['seconds']:.0f} s")
-    if "val_top1" in row:
-        text += f"; val loss {row['val_loss']:.4f}, top-1 {row['val_top1']:.2%}, top-5 {row['val_top5']:.2%}"
-    return text
-
-
-def _append_metrics(out_dir: Path, row: dict) -> None:
-    with open(out_dir / "metrics.jsonl", "a") as f:
-        f.write(json.dumps(row) + "\n")
-    path = out_dir / "metrics.csv"
-    new = not path.exists()
-    with open(path, "a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(row))
-        if new:
-            writer.writeheader()
-        writer.writerow(row)
-
-
-def _progress(enabled, **kwargs):
-    try:
-        from tqdm import tqdm
-    except ImportError:  # pragma: no cover - tqdm is a dependency
-        enabled = False
-    if not enabled:
-        return _NoBar()
-    return tqdm(unit="batch", dynamic_ncols=True, leave=False, **kwargs)
-
-
-class _NoBar:
-    def update(self, n=1):
-        pass
-
-    def set_postfix(self, **kwargs):
-        pass
-
-    def close(self):
-        pass
 
 
 class _StopOnInterrupt:

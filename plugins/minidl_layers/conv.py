@@ -4,6 +4,7 @@ from __future__ import annotations
 import minidl as mdl
 import minidl.functions as F
 from minidl.functions import ConvProblem, Window
+from minidl.functions.autocast import cast_operands
 from minidl.functions.conv_algorithm import AUTO, get_algorithm, select
 from minidl.plugins import make_initializer
 
@@ -133,10 +134,11 @@ class Conv2d(mdl.nn.Module):
         if self.weight is None:
             self.build(x.shape[1:], x.device, x.dtype)
         w = self.window
+        x, weight, bias = cast_operands("conv2d", x, self.weight, self.bias)  # the dtypes conv2d will compute in
         algorithm = None
-        if x.ndim == 4 and x.shape[1] == self.weight.shape[1] * self.groups:  # else conv2d names the shapes
-            algorithm = self.choose_algorithm(ConvProblem.of(x, self.weight, w, self.groups))
-        return F.conv2d(x, self.weight, self.bias, stride=(w.sy, w.sx), padding=(w.ph, w.pw),
+        if x.ndim == 4 and x.shape[1] == weight.shape[1] * self.groups:  # else conv2d names the shapes
+            algorithm = self.choose_algorithm(ConvProblem.of(x, weight, w, self.groups))
+        return F.conv2d(x, weight, bias, stride=(w.sy, w.sx), padding=(w.ph, w.pw),
                         dilation=(w.dy, w.dx), groups=self.groups, algorithm=algorithm)
 
     def extra_repr(self):
