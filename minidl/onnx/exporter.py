@@ -56,7 +56,7 @@ class OnnxGraph:
         self.proto = proto  # the GraphProto that nodes and initializers are written into, in place
         self._taken = {"input"}  # value, initializer and node names
         self._layer = None  # the LayerNode being converted
-        self._first = 0  # index in self.nodes of its first ONNX node
+        self._first = 0  # index in proto.node of its first ONNX node
 
     def add(self, op_type: str, inputs, **attributes) -> str:
         """Append one ONNX node (default domain) reading the values ``inputs``; returns its output's name."""
@@ -67,13 +67,13 @@ class OnnxGraph:
 
     def constant(self, value, dtype="float32") -> str:
         """An initializer holding ``value`` (a number or an array, as ``dtype``); returns its name."""
-        return self._initializer(self._fresh(f"{self._layer.name}/constant"), numpy.asarray(value, dtype=dtype),
-                                 claimed=True)
+        return self._initializer(self._fresh(f"{self._layer.name}/constant"), numpy.asarray(value, dtype=dtype))
 
     def parameter(self, key: str) -> str:
         """The layer's parameter or buffer ``key`` (``weight``, ``running_mean``) as a float32 initializer
         named as in the model's state dict (``conv1.weight``); returns that name."""
-        return self._initializer(f"{self._layer.name}.{key}", float32_array(self._layer.module.state_dict()[key]))
+        name = self._claim(f"{self._layer.name}.{key}")
+        return self._initializer(name, float32_array(self._layer.module.state_dict()[key]))
 
     # ------------------------------------------------------- used by export
     def begin_layer(self, layer) -> None:
@@ -86,9 +86,7 @@ class OnnxGraph:
         passed_through = not any(out in n.output for n in own)
         if passed_through and not is_output:
             return out
-        if name in self._taken:
-            raise OnnxError(f"layer name {name!r} is also the name of an initializer or value in the ONNX graph")
-        self._taken.add(name)
+        self._claim(name)
         if passed_through:  # the model's output must be a value of its own
             self.proto.node.add().CopyFrom(self._onnx.helper.make_node("Identity", [out], [name], name=name))
             return name
@@ -108,11 +106,14 @@ class OnnxGraph:
         self._taken.add(name)
         return name
 
-    def _initializer(self, name: str, array, claimed: bool = False) -> str:
-        if not claimed:
-            if name in self._taken:
-                raise OnnxError(f"initializer name {name!r} is also the name of a layer or value in the ONNX graph")
-            self._taken.add(name)
+    def _claim(self, name: str) -> str:
+        if name in self._taken:
+            raise OnnxError(f"{name!r} would name two things in the ONNX graph (layers, weights and values share "
+                            "one namespace there)")
+        self._taken.add(name)
+        return name
+
+    def _initializer(self, name: str, array) -> str:
         tensor = self.proto.initializer.add()  # filled in place: a large weight is copied once
         tensor.name = name
         tensor.data_type = self._onnx.helper.np_dtype_to_tensor_dtype(array.dtype)

@@ -1,8 +1,8 @@
 """ONNX file -> minidl model: ``mdl.onnx.load("model.onnx")``.
 
 The file is parsed by the onnx package (a protobuf: reading it runs no code),
-without external data, which is refused. Every stored tensor's size is checked
-from its declared shape and data type, and against what it really holds,
+without external data, which is refused, and checked with ``onnx.checker``.
+Every stored tensor's size is checked from its declared shape and data type
 before any array is made. Each node becomes one minidl layer (Identity and
 Dropout vanish; a Reshape that flattens becomes ``flatten``), see
 :mod:`minidl.onnx.nodes`; an op with no minidl layer is refused, naming the
@@ -38,33 +38,38 @@ class _Reader:
     """The stored tensors of one file (initializers and Constant nodes), size-checked; arrays made on use."""
 
     def __init__(self, onnx, proto, source: str, max_tensor_bytes: int, max_file_bytes: int):
-        self.onnx, self.source = onnx, source
+        self.onnx = onnx
         self.max_tensor_bytes, self.max_file_bytes = max_tensor_bytes, max_file_bytes
         self.opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 1)
         self.tensors = {}  # name -> TensorProto (checked) or a NumPy array (small Constant attributes)
         self.total = 0
         for tensor in proto.graph.initializer:
-            self.add(tensor.name, tensor, f"initializer {tensor.name!r}")
+            try:
+                self.add(tensor.name, tensor, f"initializer {tensor.name!r}")
+            except OnnxError as e:
+                raise OnnxError(f"{source}: {e}") from None
 
     def add(self, name, tensor, what: str) -> None:
         onnx = self.onnx
         if tensor.data_location == onnx.TensorProto.EXTERNAL or len(tensor.external_data):
             location = next((e.value for e in tensor.external_data if e.key == "location"), "?")
-            raise OnnxError(f"{self.source}: {what} keeps its data in the external file {location!r}; minidl reads "
-                            "self-contained ONNX files only (re-export without external data)")
+            raise OnnxError(f"{what} keeps its data in the external file {location!r}; minidl reads self-contained "
+                            "ONNX files only (re-export without external data)")
         dtype = _dtypes(onnx).get(tensor.data_type)
         if dtype is None or tensor.HasField("segment"):
             kind = onnx.TensorProto.DataType.Name(tensor.data_type) if dtype is None else "a segmented tensor"
-            raise OnnxError(f"{self.source}: {what} is {kind}, which minidl does not read")
+            raise OnnxError(f"{what} is {kind}, which minidl does not read")
         dims = [int(d) for d in tensor.dims]
         count = prod(dims)
         nbytes = count * numpy.dtype(dtype).itemsize
-        if min(dims, default=0) < 0 or nbytes > self.max_tensor_bytes:
-            raise OnnxError(f"{self.source}: {what} declares shape {dims} of {numpy.dtype(dtype).name}, "
+        if min(dims, default=0) < 0:
+            raise OnnxError(f"{what} declares the shape {dims}")
+        if nbytes > self.max_tensor_bytes:
+            raise OnnxError(f"{what} declares shape {dims} of {numpy.dtype(dtype).name}, "
                             f"{nbytes:,} bytes: over the limit of {self.max_tensor_bytes:,} (max_tensor_bytes)")
         self.total += nbytes
         if self.total > self.max_file_bytes:
-            raise OnnxError(f"{self.source}: the stored tensors need over {self.max_file_bytes:,} bytes "
+            raise OnnxError(f"with {what}, the stored tensors need over {self.max_file_bytes:,} bytes "
                             "(max_file_bytes)")
         self.tensors[name] = tensor  # that it holds that much data: onnx.checker and numpy_helper check
 
@@ -92,12 +97,12 @@ class _Reader:
         (attribute,) = node.attribute
         value = self.onnx.helper.get_attribute_value(attribute)
         if attribute.name == "value":
-            self.add(node.output[0], value, f"Constant node {node.name!r}")
+            self.add(node.output[0], value, "its value")
         elif attribute.name in ("value_int", "value_ints", "value_float", "value_floats"):
             kind = numpy.int64 if "int" in attribute.name else numpy.float32
             self.tensors[node.output[0]] = numpy.asarray(value, dtype=kind)
         else:
-            raise OnnxError(f"{self.source}: Constant node {node.name!r}: {attribute.name} is not supported")
+            raise OnnxError(f"attribute {attribute.name} is not supported")
 
 
 def _attributes(onnx, node) -> dict:
@@ -161,12 +166,69 @@ def _read(path, max_tensor_bytes, max_file_bytes):
     return onnx, proto, reader
 
 
-def load(path, sample_shape=None, *, max_tensor_bytes: int = MAX_TENSOR_BYTES, max_file_bytes: int = MAX_FILE_BYTES):
+class _Layers:
+    """The minidl layers of a graph, as spec entries, with their weights and the nodes they come from."""
+
+    def __init__(self):
+        self.specs, self.weights, self.origins, self.checks = [], {}, {}, []
+
+    def add(self, layer, node, where: str, stored_inputs: list, sources: list) -> str:
+        name = _layer_name(node, stored_inputs, self.origins)
+        spec = {"name": name, "type": layer.type, **layer.params}
+        if sources != [self.specs[-1]["name"] if self.specs else "input"]:
+            spec["inputs"] = sources
+        self.specs.append(spec)
+        self.weights.update({f"{name}.{key}": array for key, array in layer.weights.items()})
+        self.origins[name] = where
+        if layer.check is not None:
+            self.checks.append((name, layer.check))
+        return name
+
+
+def _convert(onnx, reader, graph, source: str, input_name: str):
+    """(:class:`_Layers`, ONNX value name -> the layer computing it) for the graph's nodes."""
+    values = {input_name: "input"}
+    layers = _Layers()
+    for index, node in enumerate(graph.node):
+        where = f"node {index} {node.name!r} ({node.op_type})"
+        try:
+            if node.domain not in ("", "ai.onnx"):
+                raise OnnxError(f"op {node.domain}.{node.op_type} is not a standard ONNX op")
+            if node.op_type == "Constant":
+                reader.constant(node)
+                continue
+            handler = HANDLERS.get(node.op_type)
+            if handler is None:
+                raise OnnxError(f"op {node.op_type} has no minidl layer (supported: {', '.join(sorted(HANDLERS))})")
+            layer = handler(reader, node, _attributes(onnx, node))
+            if isinstance(layer, str) and layer in reader.tensors:  # a second name for a stored tensor
+                reader.tensors[node.output[0]] = reader.tensors[layer]
+                continue
+            unknown = [v for v in ([layer] if isinstance(layer, str) else layer.inputs) if v not in values]
+            if unknown:
+                stored = [v for v in unknown if v in reader.tensors]
+                raise OnnxError(f"reads {stored[0]!r}, a stored tensor, where minidl's layer reads a layer output"
+                                if stored else f"reads {unknown[0]!r}, which no earlier node computes")
+        except OnnxError as e:
+            raise OnnxError(f"{source}: {where}: {e}") from None
+        except KeyError as e:
+            raise OnnxError(f"{source}: {where}: missing attribute {e}") from None
+        if isinstance(layer, str):  # passes a value through
+            values[node.output[0]] = values[layer]
+        else:
+            values[node.output[0]] = layers.add(layer, node, where, [v for v in node.input if v in reader.tensors],
+                                                [values[v] for v in layer.inputs])
+    return layers, values
+
+
+def load(path, sample_shape=None, *, device=None, max_tensor_bytes: int = MAX_TENSOR_BYTES,
+         max_file_bytes: int = MAX_FILE_BYTES):
     """Build a minidl model (in evaluation mode) from an ONNX file.
 
     Args:
         path: an ``.onnx`` file with its weights inside (external data files are refused).
         sample_shape: the per-sample input shape ``(C, H, W)``, needed only when the file leaves it open.
+        device: where to put the model (default: the CPU).
         max_tensor_bytes, max_file_bytes: limits on one stored tensor and on the file, checked before
             any array is made.
 
@@ -192,68 +254,29 @@ def load(path, sample_shape=None, *, max_tensor_bytes: int = MAX_TENSOR_BYTES, m
         raise OnnxError(f"{source}: minidl models have one input and one output; this graph has inputs "
                         f"{[i.name for i in inputs]} and outputs {[o.name for o in graph.output]}")
     sample = _sample_shape(inputs[0], sample_shape, source)
-    values = {inputs[0].name: "input"}  # ONNX value -> the minidl layer producing it
-    layers, weights, origins, checks = [], {}, {}, []
-    for index, node in enumerate(graph.node):
-        where = f"node {index} {node.name!r} ({node.op_type})"
-        if node.domain not in ("", "ai.onnx"):
-            raise OnnxError(f"{source}: {where}: op {node.domain}.{node.op_type} is not a standard ONNX op")
-        if node.op_type == "Constant":
-            reader.constant(node)
-            continue
-        handler = HANDLERS.get(node.op_type)
-        if handler is None:
-            raise OnnxError(f"{source}: {where}: op {node.op_type} has no minidl layer (supported: "
-                            f"{', '.join(sorted(HANDLERS))})")
-        try:
-            layer = handler(reader, node, _attributes(onnx, node))
-            if isinstance(layer, str) and layer in reader.tensors:  # a second name for a stored tensor
-                reader.tensors[node.output[0]] = reader.tensors[layer]
-                continue
-            unknown = [v for v in ([layer] if isinstance(layer, str) else layer.inputs) if v not in values]
-            if unknown:
-                stored = [v for v in unknown if v in reader.tensors]
-                raise OnnxError(f"reads {stored[0]!r}, a stored tensor, where minidl's layer reads a layer output"
-                                if stored else f"reads {unknown[0]!r}, which no earlier node computes")
-        except OnnxError as e:
-            raise OnnxError(f"{source}: {where}: {e}") from None
-        except KeyError as e:
-            raise OnnxError(f"{source}: {where}: missing attribute {e}") from None
-        if isinstance(layer, str):
-            values[node.output[0]] = values[layer]
-            continue
-        name = _layer_name(node, [v for v in node.input if v in reader.tensors], origins)
-        spec = {"name": name, "type": layer.type, **layer.params}
-        sources = [values[v] for v in layer.inputs]
-        if sources != [layers[-1]["name"] if layers else "input"]:
-            spec["inputs"] = sources
-        layers.append(spec)
-        weights.update({f"{name}.{key}": array for key, array in layer.weights.items()})
-        origins[name] = where
-        if layer.check is not None:
-            checks.append((name, layer.check))
-        values[node.output[0]] = name
+    layers, values = _convert(onnx, reader, graph, source, inputs[0].name)
     output = values.get(graph.output[0].name)
     if output in (None, "input"):
         raise OnnxError(f"{source}: the output {graph.output[0].name!r} is not computed by any layer")
-    spec = {"name": graph.name if _NAME.sub("", graph.name) == graph.name and graph.name else Path(source).stem,
-            "input": list(sample), "layers": layers}
-    if output != layers[-1]["name"]:
+    spec = {"name": graph.name or Path(source).stem, "input": list(sample), "layers": layers.specs}
+    if output != layers.specs[-1]["name"]:
         spec["output"] = output
     placeholder = {"weight_init": 0.0, "bias_init": 0.0}  # the file's weights replace them: no random draws
     try:
         model = build_model(dict(spec, layers=[dict(layer, **placeholder) if layer["type"] in ("conv2d", "linear")
-                                               else layer for layer in layers]))
+                                               else layer for layer in layers.specs]))
     except ModelError as e:
-        raise OnnxError(f"{source}: {origins.get(e.layer_name, 'model')}: {e.message}") from None
+        raise OnnxError(f"{source}: {layers.origins.get(e.layer_name, 'model')}: {e.message}") from None
     object.__setattr__(model, "spec", spec)  # the layers as the file gives them, for mdl.save
     nodes = {n.name: n for n in model.nodes}
-    for name, check in checks:
+    for name, check in layers.checks:
         problem = check(nodes[name])
         if problem:
-            raise OnnxError(f"{source}: {origins[name]}: {problem}")
+            raise OnnxError(f"{source}: {layers.origins[name]}: {problem}")
     try:
-        model.load_state_dict(weights)
+        model.load_state_dict(layers.weights)
     except (KeyError, ValueError) as e:
         raise OnnxError(f"{source}: weights do not fit the layers: {e.args[0] if e.args else e}") from None
+    if device is not None:
+        model.to(device)
     return model.eval()

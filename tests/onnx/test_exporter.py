@@ -82,6 +82,29 @@ def test_exports_evaluation_mode_and_leaves_the_model_as_it_was(tmp_path):
     assert_close(ort_forward(path, x), minidl_forward(model.eval(), x))  # dropout gone
 
 
+@pytest.fixture(scope="module")
+def mini_reference():
+    """alexnet-mini with lively weights and its logits on a fixed batch."""
+    x = np.random.default_rng(5).standard_normal((4, 1, 28, 28)).astype(np.float32)
+    model = lively(mdl.build_model("models/alexnet-mini.yaml")).eval()
+    return model, x, minidl_forward(model, x)
+
+
+def test_a_model_on_any_device_exports_the_same(device, mini_reference, tmp_path):
+    reference, x, expected = mini_reference
+    model = mdl.build_model("models/alexnet-mini.yaml", device=device)
+    model.load_state_dict(reference.state_dict())
+    assert_close(ort_forward(mdl.onnx.export(model, tmp_path / "m.onnx"), x), expected)
+
+
+@pytest.mark.parametrize("strategy", ["columns", "hybrid", "data_parallel"])
+def test_a_model_split_over_devices_exports_the_same(strategy, mini_reference, tmp_path):
+    reference, x, expected = mini_reference
+    model = mdl.build_model("models/alexnet-mini.yaml", devices="cpu:0,cpu:1", strategy=strategy)
+    model.load_state_dict(reference.state_dict())
+    assert_close(ort_forward(mdl.onnx.export(model, tmp_path / "m.onnx"), x), expected)
+
+
 def test_graph_models_concat_and_add(tmp_path):
     spec = {"name": "branches", "input": [3, 8, 8], "layers": [
         {"name": "a", "type": "conv2d", "out_channels": 4, "kernel_size": 3, "padding": 1},

@@ -197,6 +197,33 @@ def test_reshapes_that_flatten_become_flatten(tmp_path, shape, ok):
     assert_close(minidl_forward(mdl.onnx.load(path), x), ort_forward(path, x))
 
 
+@pytest.mark.parametrize("constant", [
+    helper.make_node("Constant", [], ["shape"], name="c", value=numpy_helper.from_array(np.array([0, -1]), "v")),
+    helper.make_node("Constant", [], ["shape"], name="c", value_ints=[0, -1]),
+    helper.make_node("Constant", [], ["shape"], name="c", value_string="0, -1"),
+])
+def test_constant_nodes(tmp_path, constant):
+    nodes = [constant, helper.make_node("Reshape", ["x", "shape"], ["r"]), helper.make_node("Relu", ["r"], ["y"])]
+    path = make_file(tmp_path / "constant.onnx", nodes, output_rank=2)
+    if constant.attribute[0].name == "value_string":
+        with pytest.raises(OnnxError, match=r"node 0 'c' \(Constant\): attribute value_string is not supported"):
+            mdl.onnx.load(path)
+        return
+    x = np.random.default_rng(5).standard_normal((2, 3, 4, 4)).astype(np.float32)
+    model = mdl.onnx.load(path)
+    assert [n.type for n in model.nodes] == ["flatten", "relu"]
+    assert_close(minidl_forward(model, x), ort_forward(path, x))
+
+
+def test_loads_onto_a_device(device, tmp_path):
+    model = lively(mdl.build_model("models/alexnet-mini.yaml")).eval()
+    loaded = mdl.onnx.load(mdl.onnx.export(model, tmp_path / "m.onnx"), device=device)
+    assert all(p.device == mdl.Device(device) for p in loaded.parameters())
+    x = np.random.default_rng(0).standard_normal((2, 1, 28, 28)).astype(np.float32)
+    with mdl.no_grad():
+        assert_close(loaded(mdl.tensor(x, device=device)).numpy(), minidl_forward(model, x))
+
+
 def test_softmax_before_opset_13_over_one_axis_only(tmp_path):
     flat = make_file(tmp_path / "flat.onnx", [helper.make_node("Flatten", ["x"], ["f"]),
                                               helper.make_node("Softmax", ["f"], ["y"])], opset=11, output_rank=2)
