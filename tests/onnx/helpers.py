@@ -2,8 +2,16 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 import minidl as mdl
+
+
+def require_onnx():
+    """Skip the calling test module (with the reason) unless onnx and ONNX Runtime are installed; returns onnx."""
+    onnx = pytest.importorskip("onnx", reason="ONNX export and import need the onnx extra: pip install 'minidl[onnx]'")
+    pytest.importorskip("onnxruntime", reason="the ONNX tests run ONNX Runtime: pip install 'minidl[onnx]'")
+    return onnx
 
 
 def minidl_forward(model, x):

@@ -6,14 +6,15 @@ import subprocess
 import sys
 
 import numpy as np
-import onnx
 import pytest
 
 import minidl as mdl
 from minidl.training.checkpoint import list_checkpoints
 from minidl.training.recipe import checkpoint_eval_pipeline
 
-from .helpers import minidl_forward, ort_forward
+from .helpers import minidl_forward, ort_forward, require_onnx
+
+onnx = require_onnx()
 
 CLI = [sys.executable, "-m", "minidl.cli"]
 CLASSES = [f"class{i}" for i in range(10)]

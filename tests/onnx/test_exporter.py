@@ -5,14 +5,15 @@ import subprocess
 import sys
 
 import numpy as np
-import onnx
 import pytest
 
 import minidl as mdl
 from minidl.onnx import OnnxError
 
 from ..plugins.conftest import write_distribution
-from .helpers import assert_close, lively, minidl_forward, ort_forward
+from .helpers import assert_close, lively, minidl_forward, ort_forward, require_onnx
+
+onnx = require_onnx()
 
 
 @pytest.fixture(scope="module", params=["alexnet-mini", "alexnet", "alexnet-torchvision"])

@@ -4,14 +4,15 @@ from __future__ import annotations
 import re
 
 import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 
 import minidl as mdl
 from minidl.onnx import OnnxError
 
-from .helpers import assert_close, lively, minidl_forward, ort_forward
+from .helpers import assert_close, lively, minidl_forward, ort_forward, require_onnx
+
+onnx = require_onnx()
+TensorProto, helper, numpy_helper = onnx.TensorProto, onnx.helper, onnx.numpy_helper
 
 
 def make_file(path, nodes, initializers=(), input_shape=("N", 3, 4, 4), opset=17, inputs=None, output_rank=None):

@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from onnx import helper
 
 import minidl as mdl
 from minidl.onnx import OnnxError
 
-from .helpers import assert_close, lively, minidl_forward, ort_forward
+from .helpers import assert_close, lively, minidl_forward, ort_forward, require_onnx
+
+helper = require_onnx().helper
 
 
 def check(layers, sample_shape, opset=17, batch=2, seed=0):
