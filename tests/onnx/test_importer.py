@@ -30,9 +30,8 @@ def make_file(path, nodes, initializers=(), input_shape=("N", 3, 4, 4), opset=17
 
 
 # ---------------------------------------------------------------- round trips
-@pytest.mark.parametrize("name", ["alexnet-mini", "alexnet-columns"])
-def test_minidl_exports_load_back_with_the_same_layers_and_logits(name, tmp_path):
-    model = lively(mdl.build_model(f"models/{name}.yaml")).eval()
+def test_minidl_exports_load_back_with_the_same_layers_and_logits(tmp_path):
+    model = lively(mdl.build_model("models/alexnet-mini.yaml")).eval()
     loaded = mdl.onnx.load(mdl.onnx.export(model, tmp_path / "m.onnx"))
     assert not loaded.training
     kept = [n for n in model.nodes if n.type != "dropout"]
