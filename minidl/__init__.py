@@ -58,8 +58,8 @@ def __getattr__(name):
         from . import builder
 
         return getattr(builder, name)
-    if name == "testing":
+    if name in ("testing", "onnx"):
         import importlib
 
-        return importlib.import_module(".testing", __name__)
+        return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'minidl' has no attribute {name!r}")

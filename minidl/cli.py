@@ -175,6 +175,42 @@ def _cmd_data_pack(args) -> int:
     return 0
 
 
+def _batch_size(text):
+    """``--batch``: a positive int, or ``dynamic`` (None) for a size chosen at run time."""
+    if text == "dynamic":
+        return None
+    if text.isdigit() and int(text) > 0:
+        return int(text)
+    raise argparse.ArgumentTypeError(f"expected a positive integer or 'dynamic', got {text!r}")
+
+
+def _cmd_export(args) -> int:
+    from .onnx import export
+
+    metadata = {}
+    if Path(args.model).suffix in (".yaml", ".yml"):
+        from .builder import build_model
+
+        model = build_model(args.model)
+        print(f"minidl export: {args.model} is a model file: its weights are freshly initialized", file=sys.stderr)
+    else:
+        model, loaded = _restore_model(args.model, None)
+        metadata = {"minidl.checkpoint": Path(args.model).name, "minidl.step": loaded.meta.get("step", "")}
+        if "data" in loaded.meta:  # how inputs were prepared (normalization, classes) for whoever deploys it
+            metadata["minidl.data"] = json.dumps(loaded.meta["data"], sort_keys=True)
+    shape = (args.batch,) + tuple(model.input_shape)
+    try:
+        path = export(model, args.output, shape, opset=args.opset, metadata=metadata)
+    except ImportError as e:  # the onnx package is an extra
+        print(f"minidl export: error: {e}", file=sys.stderr)
+        return 2
+    size = path.stat().st_size
+    batch = "N" if args.batch is None else args.batch
+    print(f"wrote {path} ({size / 2**20:.1f} MiB): {model.name}, opset {args.opset}, input 'input' "
+          f"{'x'.join(map(str, (batch,) + tuple(model.input_shape)))}, output {model.output!r}")
+    return 0
+
+
 def _conv_algorithm_option(parser) -> None:
     parser.add_argument("--conv-algorithm", help="algorithm of every convolution without its own: a name from "
                                                  "`minidl plugins` (im2col_gemm, winograd, ...) or auto (time each "
@@ -264,6 +300,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grayscale", action="store_true", help="store one channel instead of RGB")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(run=_cmd_data_pack)
+
+    p = sub.add_parser("export", help="write a checkpoint's (or a model file's) model as an ONNX file")
+    p.add_argument("model", help="checkpoint (.safetensors) or model YAML file (fresh weights)")
+    p.add_argument("output", help="the .onnx file to write")
+    p.add_argument("--batch", type=_batch_size, default=None, metavar="N|dynamic",
+                   help="batch size the file is fixed to, or dynamic (default): any batch size")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset version (13 or later; default 17)")
+    p.set_defaults(run=_cmd_export)
     return parser
 
 

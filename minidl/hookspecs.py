@@ -48,6 +48,10 @@ def minidl_register_layers(register):
         test (gradient check) and documentation; without it, the layer is
         checked with no parameters on an input of shape (2, 3, 5, 5).
         ``differentiable=False`` excludes a layer from gradient checks.
+        ``onnx=convert`` gives the layer's ONNX form for ``mdl.onnx.export``:
+        ``convert(graph, node, inputs)`` adds ONNX nodes and returns the name
+        of the output value (see :class:`minidl.onnx.OnnxGraph`); without it
+        the export refuses the layer, naming it.
 
     Called once per plugin when the layer registry is first built.
     """

@@ -4,7 +4,7 @@ from __future__ import annotations
 import minidl
 from minidl.optim import Optimizer
 
-__all__ = ["Swish", "Lion"]
+__all__ = ["Swish", "Lion", "swish_to_onnx"]
 
 
 class Swish(minidl.nn.Module):
@@ -19,6 +19,13 @@ class Swish(minidl.nn.Module):
 
     def forward(self, x):
         return x * (x * self.beta).sigmoid()
+
+
+def swish_to_onnx(graph, node, inputs):
+    """The swish layer as ONNX ops, for ``mdl.onnx.export``: x * Sigmoid(beta * x) (no onnx import needed)."""
+    (x,) = inputs
+    scaled = x if node.module.beta == 1.0 else graph.add("Mul", [x, graph.constant(node.module.beta)])
+    return graph.add("Mul", [x, graph.add("Sigmoid", [scaled])])
 
 
 class Lion(Optimizer):
@@ -44,7 +51,7 @@ class Lion(Optimizer):
 
 @minidl.hookimpl
 def minidl_register_layers(register):
-    register("swish", Swish, examples=[{"params": {"beta": 1.5}, "input_shape": (2, 3, 4, 4)}])
+    register("swish", Swish, examples=[{"params": {"beta": 1.5}, "input_shape": (2, 3, 4, 4)}], onnx=swish_to_onnx)
 
 
 @minidl.hookimpl
