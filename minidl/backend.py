@@ -24,6 +24,7 @@ __all__ = [
     "get_array_module",
     "device_of_array",
     "transfer",
+    "device_reads",
     "enable_peer_access",
     "nccl",
     "bfloat16",
@@ -184,6 +185,15 @@ def device_of_array(array) -> Device:
     return CPU
 
 
+_reads = {"host_reads": 0, "synchronizations": 0}
+
+
+def device_reads() -> dict:
+    """How many times minidl has copied GPU data to the host and waited for a GPU, so far: the points a
+    training step must not reach between metric reads (tests count them)."""
+    return dict(_reads)
+
+
 def transfer(array, device: Device):
     """Copy ``array`` to ``device`` (no copy when it is already there).
 
@@ -193,6 +203,7 @@ def transfer(array, device: Device):
     """
     if device.type == "cpu":
         if _cupy is not None and isinstance(array, _cupy.ndarray):
+            _reads["host_reads"] += 1
             return _cupy.asnumpy(array)
         return array
     with device.xp.cuda.Device(device.index):
@@ -432,5 +443,6 @@ def synchronize(device) -> None:
     """
     device = as_device(device)
     if device.type == "cuda":
+        _reads["synchronizations"] += 1
         with device.context():
             device.xp.cuda.get_current_stream().synchronize()

@@ -136,7 +136,7 @@ class Tensor:
         """The single value of a one-element tensor as a Python number."""
         if self.size != 1:
             raise ValueError(f"item() needs a tensor with one element, got shape {self.shape}")
-        return self.data.reshape(()).item()
+        return backend.transfer(self.data.reshape(()), CPU).item()  # a GPU read goes through the backend
 
     def __float__(self):
         return float(self.item())

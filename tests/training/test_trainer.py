@@ -56,3 +56,32 @@ def test_handle_sigint_finishes_the_step_checkpoints_and_restores_the_handler(ti
     assert len(seen) == 2 and all(handler is not own_handler for handler in seen)  # swapped while fit ran
     assert signal.getsignal(signal.SIGINT) is own_handler  # and given back
     assert trainer.step == 2 and list_checkpoints(tmp_path / "run" / "checkpoints")
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_no_gpu_reads_between_metric_reads(precision, tiny):
+    # a GPU training step copies nothing to the host and never waits for the GPU; the trainer reads the
+    # loss and accuracy every check_every steps (the backend counts every read and wait)
+    import minidl as mdl
+    from minidl import backend
+
+    if not mdl.cuda_available():
+        pytest.skip("no usable CUDA GPU with CuPy on this machine")
+    model, data = tiny
+    trainer = prepare(str(model), data=str(data), steps=12, progress=False, workers=1, device="cuda:0",
+                      precision=precision)
+    trainer.check_every = 4
+    reads = []
+    step = trainer.optimizer.step
+
+    def counting_step():
+        step()
+        reads.append(backend.device_reads())
+
+    trainer.optimizer.step = counting_step
+    trainer.fit()
+    deltas = [{k: b[k] - a[k] for k in a} for a, b in zip(reads, reads[1:])]
+    for i, delta in enumerate(deltas, start=2):  # between step i - 1's update and step i's
+        if (i - 1) % 4:
+            assert delta == {"host_reads": 0, "synchronizations": 0}, (i, delta)
+    assert any(d["host_reads"] for d in deltas)  # the metric reads are counted
