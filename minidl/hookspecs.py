@@ -124,7 +124,11 @@ def minidl_register_transforms(register):
     """Register data transforms (YAML ``train: augmentation:``).
 
     :param register: ``register(name, factory)``; ``factory(**options)`` returns
-        a callable applied to one sample (or a batch, if it says so).
+        a :class:`minidl.data.transforms.Transform`: ``transform(images, rng)``
+        maps a batch of images (N, C, H, W) to a batch, drawing any randomness
+        from ``rng``; crops and flips may also ``plan`` their window so the
+        loader copies each image once on uint8, and transforms with
+        statistics (a mean image) ``fit`` them and keep them in ``state_dict``.
 
     Called once per plugin when the transform registry is first built.
     """
