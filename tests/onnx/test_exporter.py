@@ -10,7 +10,7 @@ import pytest
 import minidl as mdl
 from minidl.onnx import OnnxError
 
-from ..plugins.conftest import write_distribution
+from ..plugins.conftest import install_plugin
 from .helpers import assert_close, lively, minidl_forward, ort_forward, require_onnx
 
 onnx = require_onnx()
@@ -170,12 +170,7 @@ def minidl_register_layers(register):
 
 @pytest.fixture
 def cube_installed(tmp_path, monkeypatch, fresh_plugins):
-    site = write_distribution(tmp_path / "site", "minidl-cube", "0.2.0", {"cube": "minidl_cube"},
-                              {"minidl_cube": CUBE_PLUGIN})
-    monkeypatch.syspath_prepend(str(site))
-    from minidl.plugins import reset_plugin_manager
-
-    reset_plugin_manager()
+    install_plugin(tmp_path, monkeypatch, "minidl-cube", "0.2.0", "minidl_cube", CUBE_PLUGIN)
 
 
 @pytest.mark.parametrize("type_name, message", [

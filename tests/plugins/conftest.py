@@ -30,6 +30,16 @@ def write_distribution(root: Path, name: str, version: str, entry_points: dict, 
     return root
 
 
+def install_plugin(tmp_path, monkeypatch, package: str, version: str, module: str, source: str) -> Path:
+    """A one-module plugin ``module`` (entry point ``module`` minus its ``minidl_`` prefix) made discoverable
+    through a real dist-info on sys.path, with the plugin manager reset to see it; returns the site folder."""
+    entry = module.removeprefix("minidl_")
+    site = write_distribution(tmp_path / "site", package, version, {entry: module}, {module: source})
+    monkeypatch.syspath_prepend(str(site))
+    reset_plugin_manager()
+    return site
+
+
 @pytest.fixture
 def fresh_plugins(monkeypatch):
     """Reset the plugin manager before and after the test (env and sys.path changes take effect)."""

@@ -19,7 +19,7 @@ from minidl.functions.conv_algorithm import autotune_timings, conv_algorithms, g
 from minidl.plugins import get_plugin_manager, registry
 
 from ..functions._conv_reference import channels_last_copy, np_conv2d
-from .conftest import write_distribution
+from .conftest import install_plugin
 
 SHAPES = [  # ConvProblem.make keywords: strides, paddings, dilations, groups, odd sizes, the AlexNet kernels
     {"x_shape": (2, 3, 9, 9), "w_shape": (4, 3, 3, 3)},
@@ -184,13 +184,7 @@ def minidl_register_conv_algorithms(register):
 @pytest.fixture
 def toy_installed(tmp_path, monkeypatch, fresh_plugins):
     """The toy algorithm's package made discoverable through a real dist-info, as `pip install` would."""
-    site = write_distribution(tmp_path / "site", "minidl-toyconv", "0.2.0", {"toyconv": "minidl_toyconv"},
-                              {"minidl_toyconv": TOY})
-    monkeypatch.syspath_prepend(str(site))
-    from minidl.plugins import reset_plugin_manager
-
-    reset_plugin_manager()
-    yield site
+    yield install_plugin(tmp_path, monkeypatch, "minidl-toyconv", "0.2.0", "minidl_toyconv", TOY)
     mdl.use_deterministic_algorithms(False)
 
 
@@ -252,15 +246,25 @@ def test_cli_plugins_lists_conv_algorithms_with_providers(toy_installed):
     assert get_plugin_manager().plugins["toyconv"].status == "active"
 
 
-def test_a_broken_algorithm_is_reported_and_the_rest_keep_working(tmp_path, monkeypatch, fresh_plugins, rng):
-    broken = "import minidl\n\nclass Half:\n    def forward(self, x, W, problem):\n        pass\n\n\n" \
-             "@minidl.hookimpl\ndef minidl_register_conv_algorithms(register):\n    register('half', Half)\n"
-    site = write_distribution(tmp_path / "site", "minidl-half", "0.1.0", {"half": "minidl_half"},
-                              {"minidl_half": broken})
-    monkeypatch.syspath_prepend(str(site))
-    from minidl.plugins import PluginWarning, reset_plugin_manager
+BROKEN = """
+import minidl
 
-    reset_plugin_manager()
+
+class Half:  # forward only: not an algorithm
+    def forward(self, x, W, problem):
+        pass
+
+
+@minidl.hookimpl
+def minidl_register_conv_algorithms(register):
+    register("half", Half)
+"""
+
+
+def test_a_broken_algorithm_is_reported_and_the_rest_keep_working(tmp_path, monkeypatch, fresh_plugins, rng):
+    from minidl.plugins import PluginWarning
+
+    install_plugin(tmp_path, monkeypatch, "minidl-half", "0.1.0", "minidl_half", BROKEN)
     with pytest.warns(PluginWarning, match="'half' from plugin 'half' .*cannot be used.*no unsupported"):
         names = set(conv_algorithms())
     assert "half" not in names and "im2col_gemm" in names
