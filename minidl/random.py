@@ -3,7 +3,10 @@
 ``mdl.random.manual_seed(0)`` makes a run reproducible. The CPU generator is
 a NumPy ``Generator`` (PCG64), whose state can be saved in a checkpoint and
 restored bit for bit with :func:`get_state` / :func:`set_state`. On a GPU the
-CuPy generator of that device is used.
+CuPy generator of that device is used, and dropout draws from a counter-based
+generator (Philox-4x32-10: the n-th number is a pure function of the seed
+and n, so a mask can be made again in backward instead of stored;
+:func:`counter_stream`, :func:`philox_uniform`).
 """
 from __future__ import annotations
 
@@ -14,7 +17,8 @@ import numpy
 
 from .backend import as_device
 
-__all__ = ["manual_seed", "generator", "uniform", "normal", "get_state", "set_state", "batch_shard", "fork_rng"]
+__all__ = ["manual_seed", "generator", "uniform", "normal", "get_state", "set_state", "batch_shard", "fork_rng",
+           "counter_stream", "philox4x32", "philox_uniform", "PHILOX_CUDA"]
 
 
 class _Shard(threading.local):
@@ -43,6 +47,7 @@ def batch_shard(lo: int, hi: int, total: int):
 _seed = 0
 _cpu = numpy.random.default_rng(_seed)
 _cuda = {}  # device index -> CuPy generator, made on first use from the seed
+_counters = {}  # device index -> the next unused Philox counter of that device's stream
 
 
 def manual_seed(seed: int) -> None:
@@ -51,6 +56,7 @@ def manual_seed(seed: int) -> None:
     _seed = int(seed)
     _cpu = numpy.random.default_rng(_seed)
     _cuda.clear()
+    _counters.clear()
 
 
 @contextlib.contextmanager
@@ -61,7 +67,8 @@ def fork_rng():
     ...     mdl.random.manual_seed(0)      # only inside the block
     """
     global _cpu, _seed
-    saved_cpu, saved_state, saved_seed, saved_cuda = _cpu, _cpu.bit_generator.state, _seed, dict(_cuda)
+    saved_cpu, saved_state, saved_seed = _cpu, _cpu.bit_generator.state, _seed
+    saved_cuda, saved_counters = dict(_cuda), dict(_counters)
     try:
         yield
     finally:
@@ -69,6 +76,8 @@ def fork_rng():
         _cpu.bit_generator.state = saved_state
         _cuda.clear()
         _cuda.update(saved_cuda)
+        _counters.clear()
+        _counters.update(saved_counters)
 
 
 def _new_cuda_generator(index, seed):
@@ -119,3 +128,71 @@ def get_state() -> dict:
 def set_state(state: dict) -> None:
     """Restore a state from :func:`get_state`."""
     _cpu.bit_generator.state = state
+
+
+# ----------------------------------------------------------------- counter-based (Philox-4x32-10)
+# Number n of the stream with key k is word 0 of Philox-4x32-10 (Salmon et al., SC'11) applied to the
+# counter (n mod 2**32, n div 2**32, 0, 0) with key (k mod 2**32, k div 2**32); a uniform float in [0, 1)
+# is its top 24 bits times 2**-24. PHILOX_CUDA is the device function a kernel calls; philox_uniform is
+# the NumPy code it must match bit for bit (tests/test_random.py compares them on a GPU).
+_PHILOX_MULTIPLIERS = (0xD2511F53, 0xCD9E8D57)
+_PHILOX_WEYL = (0x9E3779B9, 0xBB67AE85)
+_PHILOX_ROUNDS = 10
+
+PHILOX_CUDA = """
+__device__ float minidl_philox_uniform(unsigned long long n, unsigned long long key) {
+    unsigned int c0 = (unsigned int)n, c1 = (unsigned int)(n >> 32), c2 = 0u, c3 = 0u;
+    unsigned int k0 = (unsigned int)key, k1 = (unsigned int)(key >> 32);
+    for (int round = 0; round < %(rounds)d; ++round) {
+        unsigned int lo0 = %(m0)du * c0, hi0 = __umulhi(%(m0)du, c0);
+        unsigned int lo1 = %(m1)du * c2, hi1 = __umulhi(%(m1)du, c2);
+        c0 = hi1 ^ c1 ^ k0; c1 = lo1; c2 = hi0 ^ c3 ^ k1; c3 = lo0;
+        k0 += %(w0)du; k1 += %(w1)du;
+    }
+    return (float)(c0 >> 8) * (1.0f / 16777216.0f);
+}
+""" % dict(rounds=_PHILOX_ROUNDS, m0=_PHILOX_MULTIPLIERS[0], m1=_PHILOX_MULTIPLIERS[1], w0=_PHILOX_WEYL[0],
+           w1=_PHILOX_WEYL[1])
+
+
+def philox4x32(counter, key):
+    """Philox-4x32-10 of four uint32 counter words (arrays) under two uint32 key words: the four output words
+    (uint64 arrays holding 32-bit values)."""
+    mask = numpy.uint64(0xFFFFFFFF)
+    c0, c1, c2, c3 = (numpy.asarray(c, dtype=numpy.uint64) & mask for c in counter)
+    k0, k1 = (numpy.uint64(k & 0xFFFFFFFF) for k in key)
+    m0, m1 = (numpy.uint64(m) for m in _PHILOX_MULTIPLIERS)
+    for _ in range(_PHILOX_ROUNDS):
+        p0, p1 = m0 * c0, m1 * c2  # exact: both factors are below 2**32
+        c0, c1, c2, c3 = (p1 >> numpy.uint64(32)) ^ c1 ^ k0, p1 & mask, (p0 >> numpy.uint64(32)) ^ c3 ^ k1, p0 & mask
+        k0 = (k0 + numpy.uint64(_PHILOX_WEYL[0])) & mask
+        k1 = (k1 + numpy.uint64(_PHILOX_WEYL[1])) & mask
+    return c0, c1, c2, c3
+
+
+def philox_uniform(key: int, first: int, count: int) -> numpy.ndarray:
+    """Numbers ``first .. first + count - 1`` of the stream ``key`` as float32 in [0, 1) (NumPy)."""
+    n = numpy.arange(first, first + count, dtype=numpy.uint64)
+    zeros = numpy.zeros_like(n)
+    word = philox4x32((n, n >> numpy.uint64(32), zeros, zeros), (key, key >> 32))[0]
+    return (word >> numpy.uint64(8)).astype(numpy.float32) * numpy.float32(2.0 ** -24)
+
+
+def counter_stream(shape, device) -> tuple:
+    """(key, first): reserve ``prod(shape)`` numbers of ``device``'s counter-based stream for one draw.
+
+    Element i (C order) of the draw is number ``first + i``; the stream's key is the device's seed. No
+    state lives on the device and nothing is read back: a kernel regenerates any element from (key,
+    first + i). Inside :func:`batch_shard` a draw for the shard's rows takes the numbers the whole
+    batch's draw would give those rows.
+    """
+    device = as_device(device)
+    size = int(numpy.prod(shape, dtype=numpy.int64))
+    rows = _shard.rows
+    start = _counters.get(device.index, 0)
+    if rows is not None and len(shape) and shape[0] == rows[1] - rows[0] != rows[2]:
+        per_row = size // max(shape[0], 1)
+        _counters[device.index] = start + rows[2] * per_row
+        return _seed + (device.index or 0), start + rows[0] * per_row
+    _counters[device.index] = start + size
+    return _seed + (device.index or 0), start

@@ -36,6 +36,14 @@ def device(request):
     return request.param
 
 
+@pytest.fixture
+def cuda():
+    """"cuda:0" for tests that compare a GPU kernel with its NumPy reference; they skip where there is no GPU."""
+    if not mdl.cuda_available():
+        pytest.skip("no usable CUDA GPU with CuPy on this machine")
+    return "cuda:0"
+
+
 @pytest.fixture(scope="session")
 def torch():
     """PyTorch (CPU build) as a reference implementation; tests using it skip without it."""

@@ -3,13 +3,15 @@ from __future__ import annotations
 
 import numpy
 
-from ..backend import get_array_module
+from ..backend import elementwise_kernel, get_array_module
 from ..errors import OpIndexError, OpTypeError, ShapeError
 from ..function import Function
+from ..grad_mode import is_grad_enabled
 from ..tensor import Tensor, _wrap
 from .array import astype
 from .autocast import cast_operands
 from .nn import log_softmax_array, softmax
+from .reduction import accumulator
 
 __all__ = ["cross_entropy"]
 
@@ -27,11 +29,14 @@ class CrossEntropy(Function):
     def forward(self, logits, labels):
         xp = get_array_module(logits)
         n = logits.shape[0]
-        log_probs = log_softmax_array(logits, axis=1, keep_wide=True)  # float32 for float16/bfloat16 logits
-        losses = -log_probs[xp.arange(n), labels]
-        if self.smoothing:
-            losses *= 1.0 - self.smoothing
-            losses -= self.smoothing * log_probs.mean(axis=1)
+        if xp is not numpy and logits.size:  # one kernel: per-sample losses (NaN for a label out of range) and log-sum-exps
+            losses, self.lse = _cross_entropy_cuda(logits, labels, self.smoothing)
+        else:
+            log_probs = log_softmax_array(logits, axis=1, keep_wide=True)  # float32 for float16/bfloat16 logits
+            losses = -log_probs[xp.arange(n), labels]
+            if self.smoothing:
+                losses *= 1.0 - self.smoothing
+                losses -= self.smoothing * log_probs.mean(axis=1)
         if self.reduction == "mean":
             losses = losses.mean() if n else losses.sum()
         elif self.reduction == "sum":
@@ -42,15 +47,76 @@ class CrossEntropy(Function):
         logits, labels = self.inputs
         xp = get_array_module(logits.data)
         n, classes = logits.shape
+        factor = 1.0 / max(n, 1) if self.reduction == "mean" else 1.0
+        if xp is not numpy and logits.size and not is_grad_enabled():  # first order: one kernel (higher orders compose ops)
+            scale = gy.data.reshape(n, 1) if self.reduction == "none" else gy.data
+            return _wrap(_cross_entropy_grad_cuda(logits.data, labels.data, self.lse, scale, factor,
+                                                  self.smoothing), logits.device), None
         target = xp.full(logits.shape, self.smoothing / classes, dtype=logits.dtype)
         target[xp.arange(n), labels.data] += 1.0 - self.smoothing
         if self.reduction == "none":
             scale = gy.reshape(n, 1)
-        elif self.reduction == "mean":
-            scale = gy * (1.0 / max(n, 1))
         else:
-            scale = gy
+            scale = gy * factor if self.reduction == "mean" else gy
         return astype((softmax(logits, axis=1) - _wrap(target, logits.device)) * scale, logits.dtype), None
+
+
+# CUDA: the loss is one kernel with a thread per sample (max, log-sum-exp and the picked and mean logits in
+# double precision), its gradient one kernel with a thread per logit; the NumPy code above is their
+# reference. A label outside [0, C) gives NaN (loss and its row's gradient) instead of a host-side check.
+_CROSS_ENTROPY = """
+    ptrdiff_t first[] = {i, 0};
+    double mx = (double)x[first], total = 0.0, sum_exp = 0.0;
+    for (int j = 1; j < C; ++j) {
+        ptrdiff_t at[] = {i, j};
+        mx = max(mx, (double)x[at]);
+    }
+    for (int j = 0; j < C; ++j) {
+        ptrdiff_t at[] = {i, j};
+        double v = (double)x[at];
+        sum_exp += exp(v - mx);
+        total += v;
+    }
+    double l = mx + log(sum_exp);
+    lse = (W)l;
+    if (label < 0 || label >= C) {
+        loss = (W)__longlong_as_double(0x7ff8000000000000LL);  // NaN
+    } else {
+        ptrdiff_t at[] = {i, (ptrdiff_t)label};
+        loss = (W)((1.0 - smoothing) * (l - (double)x[at]) + smoothing * (l - total / C));
+    }
+"""
+_CROSS_ENTROPY_GRAD = """
+    int j = i % C;
+    if (label < 0 || label >= C) {
+        gx = (T)__longlong_as_double(0x7ff8000000000000LL);  // NaN
+    } else {
+        double target = smoothing / C + (j == label ? 1.0 - smoothing : 0.0);
+        gx = (T)((exp((double)x - (double)lse) - target) * (double)scale * factor);
+    }
+"""
+
+
+def _cross_entropy_cuda(logits, labels, smoothing):
+    """(per-sample losses, log-sum-exps), both (N,) in float32 (float64 for float64 logits), on a GPU."""
+    xp = get_array_module(logits)
+    n, classes = logits.shape
+    wide = accumulator(logits.dtype) or logits.dtype
+    losses, lse = xp.empty(n, dtype=wide), xp.empty(n, dtype=wide)
+    elementwise_kernel("raw T x, L label, int32 C, float64 smoothing", "W loss, W lse", _CROSS_ENTROPY,
+                       "minidl_cross_entropy")(logits, labels, numpy.int32(classes), smoothing, losses, lse)
+    return losses, lse
+
+
+def _cross_entropy_grad_cuda(logits, labels, lse, scale, factor, smoothing):
+    """d loss / d logits on a GPU: (softmax - target) * scale * factor, scale a device array (no host read)."""
+    xp = get_array_module(logits)
+    n, classes = logits.shape
+    gx = xp.empty(logits.shape, dtype=logits.dtype)
+    elementwise_kernel("T x, L label, W lse, S scale, float64 factor, float64 smoothing, int32 C", "T gx",
+                       _CROSS_ENTROPY_GRAD, "minidl_cross_entropy_grad")(
+        logits, labels.reshape(n, 1), lse.reshape(n, 1), scale, factor, smoothing, numpy.int32(classes), gx)
+    return gx
 
 
 def cross_entropy(logits, labels, reduction: str = "mean", label_smoothing: float = 0.0) -> Tensor:

@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import math
 
+import numpy
+
 import minidl
+from minidl.backend import elementwise_kernel, get_array_module
 from minidl.optim import Optimizer
 
 __all__ = ["SGD", "Adam", "AdamW"]
@@ -40,6 +43,9 @@ class SGD(Optimizer):
     def update(self, param, grad, state, group):
         w = param.data
         lr, mu, wd = group["lr"], group["momentum"], group["weight_decay"]
+        if mu and get_array_module(w) is not numpy:  # one kernel per parameter instead of about five launches
+            _sgd_cuda(w, grad, state, group)
+            return
         if group["form"] == "paper":
             v = state.get("velocity")
             if v is None:
@@ -77,11 +83,6 @@ class Adam(Optimizer):
     def update(self, param, grad, state, group):
         w = param.data
         lr, (b1, b2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
-        if wd:
-            if self.decoupled:
-                w *= 1.0 - lr * wd
-            else:
-                grad = grad + wd * w
         if "exp_avg" not in state:
             state["step"] = 0
             state["exp_avg"] = w * 0
@@ -89,13 +90,24 @@ class Adam(Optimizer):
         state["step"] += 1
         t = state["step"]
         m, v = state["exp_avg"], state["exp_avg_sq"]
+        step_size, correction2 = lr / (1.0 - b1 ** t), math.sqrt(1.0 - b2 ** t)
+        if get_array_module(w) is not numpy:  # the decay and the step in one kernel
+            elementwise_kernel(
+                "T grad, float64 lr, float64 wd, bool decoupled, float64 step_size, float64 correction2, "
+                "float64 b1, float64 b2, float64 eps", "T w, T m, T v", _ADAM, "minidl_adam", _WIDE,
+            )(grad, lr, wd, self.decoupled, step_size, correction2, b1, b2, eps, w, m, v)
+            return
+        if wd:
+            if self.decoupled:
+                w *= 1.0 - lr * wd
+            else:
+                grad = grad + wd * w
         m *= b1
         m += (1.0 - b1) * grad
         v *= b2
         v += (1.0 - b2) * (grad * grad)
-        xp = param.device.xp
-        denom = xp.sqrt(v) / math.sqrt(1.0 - b2 ** t) + eps
-        w -= (lr / (1.0 - b1 ** t)) * (m / denom)
+        denom = param.device.xp.sqrt(v) / correction2 + eps
+        w -= step_size * (m / denom)
 
 
 class AdamW(Adam):
@@ -106,6 +118,60 @@ class AdamW(Adam):
     def __init__(self, params, lr: float = 1e-3, betas: tuple = (0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 1e-2):
         super().__init__(params, lr, betas, eps, weight_decay)
+
+
+# CUDA: each update is one elementwise kernel per parameter, doing in registers what the NumPy code above
+# does in array passes (its reference: tests/plugins/test_optim_kernels.py). The arithmetic runs in float32
+# (float64 for float64 parameters), also for float16 and bfloat16 ones, and each value is stored once.
+_WIDE = """
+template <typename T> struct minidl_wide { typedef float type; };
+template <> struct minidl_wide<double> { typedef double type; };
+"""
+_SGD_PYTORCH = """
+    typedef typename minidl_wide<T>::type A;
+    A weight = (A)w, g = (A)grad;
+    if (wd != 0.0) g += (A)wd * weight;
+    A b = first ? g : (A)mu * (A)buf + (A)(1.0 - dampening) * g;
+    buf = (T)b;
+    w = (T)(weight - (A)lr * (nesterov ? g + (A)mu * b : b));
+"""
+_SGD_PAPER = """
+    typedef typename minidl_wide<T>::type A;
+    A weight = (A)w, v = (A)mu * (A)buf - (A)(wd * lr) * weight - (A)lr * (A)grad;
+    buf = (T)v;
+    w = (T)(weight + v);
+"""
+_ADAM = """
+    typedef typename minidl_wide<T>::type A;
+    A weight = (A)w, g = (A)grad;
+    if (wd != 0.0) {
+        if (decoupled) weight *= (A)(1.0 - lr * wd);
+        else g += (A)wd * weight;
+    }
+    A m1 = (A)b1 * (A)m + (A)(1.0 - b1) * g, m2 = (A)b2 * (A)v + (A)(1.0 - b2) * (g * g);
+    m = (T)m1;
+    v = (T)m2;
+    w = (T)(weight - (A)step_size * (m1 / (sqrt(m2) / (A)correction2 + (A)eps)));
+"""
+
+
+def _sgd_cuda(w, grad, state, group):
+    """SGD with momentum on a GPU: the buffer and the weight updated by one kernel."""
+    xp = get_array_module(w)
+    lr, mu, wd = group["lr"], group["momentum"], group["weight_decay"]
+    if group["form"] == "paper":
+        if "velocity" not in state:
+            state["velocity"] = xp.zeros_like(w)
+        elementwise_kernel("T grad, float64 lr, float64 mu, float64 wd", "T w, T buf", _SGD_PAPER,
+                           "minidl_sgd_paper", _WIDE)(grad, lr, mu, wd, w, state["velocity"])
+        return
+    first = "momentum_buffer" not in state
+    if first:
+        state["momentum_buffer"] = xp.empty_like(w)
+    elementwise_kernel(
+        "T grad, float64 lr, float64 mu, float64 wd, float64 dampening, bool nesterov, bool first", "T w, T buf",
+        _SGD_PYTORCH, "minidl_sgd", _WIDE)(grad, lr, mu, wd, group["dampening"], group["nesterov"], first, w,
+                                    state["momentum_buffer"])
 
 
 @minidl.hookimpl

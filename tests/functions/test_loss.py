@@ -108,3 +108,42 @@ def test_cross_entropy_label_smoothing_like_torch(smoothing, reduction, device, 
 def test_cross_entropy_label_smoothing_range():
     with pytest.raises(ValueError, match="label_smoothing must be in"):
         F.cross_entropy(mdl.tensor(np.zeros((2, 3))), np.array([0, 1]), label_smoothing=1.0)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+@pytest.mark.parametrize("dtype", ["float32", "float64", "float16"])
+def test_cross_entropy_cuda_kernels_match_the_numpy_path(reduction, smoothing, dtype, cuda, rng):
+    # the loss kernel and the gradient kernel against the NumPy code, on non-contiguous logits too
+    logits = (rng.standard_normal((9, 23)) * 4).astype(dtype)
+    labels = rng.integers(0, 11, 9)
+    gy = rng.standard_normal(9 if reduction == "none" else ()).astype(dtype)
+    results = []
+    for device in ("cpu", cuda):
+        x = mdl.tensor(logits, device=device, requires_grad=True)
+        loss = F.cross_entropy(x[:, ::2], mdl.tensor(labels, device=device), reduction=reduction,
+                               label_smoothing=smoothing)
+        loss.backward(mdl.tensor(gy, device=device))
+        results.append((loss.numpy(), x.grad.numpy()))
+    (l0, g0), (l1, g1) = results
+    assert l1.dtype == l0.dtype and g1.dtype == g0.dtype
+    tol = {"float16": 2e-3, "float32": 1e-5, "float64": 1e-12}[dtype]
+    np.testing.assert_allclose(l1.astype(np.float64), l0.astype(np.float64), rtol=tol, atol=tol)
+    np.testing.assert_allclose(g1.astype(np.float64), g0.astype(np.float64), rtol=tol, atol=tol)
+
+
+def test_cross_entropy_out_of_range_label_is_nan_on_a_gpu(cuda, rng):
+    # on a GPU a label outside [0, C) cannot be checked without waiting for the device: the loss (and that
+    # sample's gradient) is NaN instead, and no read or wait happens
+    from minidl import backend
+
+    x = mdl.tensor(rng.standard_normal((4, 5)).astype(np.float32), device=cuda, requires_grad=True)
+    labels = mdl.tensor(np.array([0, 5, 2, -1]), device=cuda)
+    before = backend.device_reads()
+    loss = F.cross_entropy(x, labels, reduction="none")
+    loss.sum().backward()
+    assert backend.device_reads() == before
+    values, grad = loss.numpy(), x.grad.numpy()
+    assert np.isfinite(values[[0, 2]]).all() and np.isnan(values[[1, 3]]).all()
+    assert np.isfinite(grad[[0, 2]]).all() and np.isnan(grad[[1, 3]]).all()
+    assert np.isnan(F.cross_entropy(x, labels).item())

@@ -150,13 +150,6 @@ def test_pool_dtype_kept(name, dtype, device, rng):
 
 
 
-@pytest.fixture
-def cuda():
-    if not mdl.cuda_available():
-        pytest.skip("no usable CUDA GPU with CuPy on this machine")
-    return "cuda:0"
-
-
 @pytest.mark.parametrize("kwargs", [{"kernel_size": 3, "stride": 2}, {"kernel_size": 3, "stride": 2, "padding": 1,
                                                                       "ceil_mode": True},
                                     {"kernel_size": (2, 3), "stride": (1, 2), "dilation": (2, 1)}])
