@@ -7,24 +7,30 @@ from pathlib import Path
 
 import numpy
 
-from ..backend import CPU, transfer
+from ..backend import CPU, get_array_module, transfer
 from ..functions import cross_entropy
 from ..grad_mode import no_grad
 from ..tensor import Tensor
 
-__all__ = ["evaluate", "topk_correct", "format_row", "append_metrics", "progress_bar"]
+__all__ = ["evaluate", "topk_hits", "topk_correct", "format_row", "append_metrics", "progress_bar"]
+
+
+def topk_hits(logits, labels, ks=(1, 5)) -> dict:
+    """{k: number of rows whose label is among the k largest logits}, as 0-d arrays on the logits' device
+    (nothing is read back). A tie counts for the smaller class index, as a stable sort would order it."""
+    scores = logits.data if isinstance(logits, Tensor) else logits
+    xp = get_array_module(scores)
+    labels = xp.asarray(labels.data if isinstance(labels, Tensor) else labels)
+    rows = xp.arange(scores.shape[0])
+    own = scores[rows, labels][:, None]
+    classes = xp.arange(scores.shape[1])[None, :]
+    rank = ((scores > own) | ((scores == own) & (classes < labels[:, None]))).sum(axis=1)  # how many come first
+    return {k: (rank < k).sum() for k in ks}
 
 
 def topk_correct(logits, labels, ks=(1, 5)) -> dict:
     """{k: number of rows whose label is among the k largest logits} (host ints)."""
-    scores = transfer(logits.data if isinstance(logits, Tensor) else logits, CPU)
-    labels = numpy.asarray(transfer(labels, CPU))
-    result = {}
-    order = numpy.argsort(-scores, axis=1, kind="stable")
-    for k in ks:
-        k_eff = min(k, scores.shape[1])
-        result[k] = int((order[:, :k_eff] == labels[:, None]).any(axis=1).sum())
-    return result
+    return {k: int(transfer(hits, CPU)) for k, hits in topk_hits(logits, labels, ks).items()}
 
 
 @no_grad()
@@ -38,7 +44,7 @@ def evaluate(model, loader, crops: int = 1, world=None) -> dict:
     """
     was_training = model.training
     model.eval()
-    total, loss_sum, correct = 0, 0.0, {1: 0, 5: 0}
+    total, loss_sum, correct = 0, 0.0, {1: 0, 5: 0}  # device values on a GPU, read once at the end
     try:
         for batch in loader.epoch(0):
             inputs, labels = batch.inputs, batch.labels
@@ -51,15 +57,16 @@ def evaluate(model, loader, crops: int = 1, world=None) -> dict:
             if crops > 1:
                 probs = logits.softmax(axis=1).numpy().reshape(len(labels), crops, -1).mean(axis=1)
                 loss_sum += float(-numpy.log(probs[numpy.arange(len(labels)), labels] + 1e-12).sum())
-                hits = topk_correct(numpy.log(probs + 1e-12), labels)
+                hits = topk_hits(numpy.log(probs + 1e-12), labels)
             else:
-                loss_sum += float(cross_entropy(logits, labels, reduction="sum").item())
-                hits = topk_correct(logits, labels)
+                loss_sum = loss_sum + cross_entropy(logits, labels, reduction="sum").data.astype(numpy.float64)
+                hits = topk_hits(logits, labels)
             total += len(labels)
             for k in correct:
-                correct[k] += hits[k]
+                correct[k] = correct[k] + hits[k]
     finally:
         model.train(was_training)
+    loss_sum, correct = float(transfer(loss_sum, CPU)), {k: int(transfer(v, CPU)) for k, v in correct.items()}
     if world is not None:
         loss_sum, correct[1], correct[5], total = world.sum([loss_sum, correct[1], correct[5], total])
     return {"loss": loss_sum / max(total, 1), "top1": correct[1] / max(total, 1), "top5": correct[5] / max(total, 1),

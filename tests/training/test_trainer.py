@@ -85,3 +85,25 @@ def test_no_gpu_reads_between_metric_reads(precision, tiny):
         if (i - 1) % 4:
             assert delta == {"host_reads": 0, "synchronizations": 0}, (i, delta)
     assert any(d["host_reads"] for d in deltas)  # the metric reads are counted
+
+
+def test_evaluation_on_a_gpu_reads_back_once_not_per_batch(tiny):
+    # loss and top-k counts stay on the device over all batches: three reads at the end, however many batches
+    import minidl as mdl
+    from minidl import backend
+    from minidl.training.metrics import evaluate
+
+    if not mdl.cuda_available():
+        pytest.skip("no usable CUDA GPU with CuPy on this machine")
+    model, data = tiny
+    trainer = prepare(str(model), data=str(data), steps=1, progress=False, workers=1, device="cuda:0")
+    on_cpu = prepare(str(model), data=str(data), steps=1, progress=False, workers=1)
+    on_cpu.model.load_state_dict(trainer.model.state_dict())
+    trainer.val_loader.batch_size = on_cpu.val_loader.batch_size = 10  # 5 batches of the 48 test images
+    before = backend.device_reads()["host_reads"]
+    result = evaluate(trainer.model, trainer.val_loader)
+    assert backend.device_reads()["host_reads"] - before == 3
+    assert len(trainer.val_loader) > 3  # more batches than reads
+    expected = evaluate(on_cpu.model, on_cpu.val_loader)
+    assert result["top1"] == expected["top1"] and result["top5"] == expected["top5"]
+    assert result["loss"] == pytest.approx(expected["loss"], rel=1e-5)
