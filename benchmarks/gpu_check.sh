@@ -12,8 +12,8 @@ mkdir -p "$OUT"
   git log -1 --format='commit %H %s' 2>/dev/null || true
 } > "$OUT/env.txt" 2>&1
 cat "$OUT/env.txt"
-# every test that has a cuda:0 case, plus the kernel-vs-NumPy checks; -x stops at the first failure
-timeout 300 python -m pytest -q -n 12 -p no:cacheprovider -k "cuda" tests 2>&1 | tail -60 > "$OUT/tests.log"
+# every test that has a cuda:0 case, plus the kernel-vs-NumPy and no-host-read checks (named cuda or gpu)
+timeout 300 python -m pytest -q -n 12 -p no:cacheprovider -k "cuda or gpu" tests 2>&1 | tail -60 > "$OUT/tests.log"
 tail -5 "$OUT/tests.log"
 batches=128,256
 [ "${1:-}" = quick ] && batches=128

@@ -51,7 +51,7 @@ def test_counter_stream_advances_and_shards_like_the_whole_batch():
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16", "float64"])
-def test_dropout_kernel_draws_the_numpy_stream_and_stores_no_mask(dtype, cuda, rng):
+def test_dropout_cuda_kernel_draws_the_numpy_stream_and_stores_no_mask(dtype, cuda, rng):
     x = rng.standard_normal((37, 29)).astype(dtype)
     gy = rng.standard_normal(x.shape).astype(dtype)
     random.manual_seed(9)

@@ -35,7 +35,7 @@ def run(device, name, kwargs, dtype, rng_seed=0, steps=6):
 
 @pytest.mark.parametrize("name, kwargs", CASES)
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_optimizer_kernels_match_the_numpy_path(name, kwargs, dtype, cuda):
+def test_optimizer_cuda_kernels_match_the_numpy_path(name, kwargs, dtype, cuda):
     w_cpu, state_cpu = run("cpu", name, kwargs, dtype)
     w_gpu, state_gpu = run(cuda, name, kwargs, dtype)
     tol = 1e-5 if dtype == "float32" else 1e-12
