@@ -126,7 +126,8 @@ def cross_entropy(logits, labels, reduction: str = "mean", label_smoothing: floa
 
     Args:
         logits: (N, C) unnormalised scores.
-        labels: (N,) integers in [0, C).
+        labels: (N,) integers in [0, C). One outside that range raises on the CPU; on a GPU, where a
+            check would wait for the device, that sample's loss (so a mean or sum) is NaN instead.
         reduction: "mean" (default), "sum" or "none" (per-sample losses).
         label_smoothing: s in [0, 1): the target puts 1 - s on the label and s / C on every class
             (as PyTorch's ``label_smoothing``).
