@@ -188,11 +188,12 @@ def counter_stream(shape, device) -> tuple:
     """
     device = as_device(device)
     size = int(numpy.prod(shape, dtype=numpy.int64))
+    key = _seed + (device.index or 0)
     rows = _shard.rows
     start = _counters.get(device.index, 0)
     if rows is not None and len(shape) and shape[0] == rows[1] - rows[0] != rows[2]:
         per_row = size // max(shape[0], 1)
         _counters[device.index] = start + rows[2] * per_row
-        return _seed + (device.index or 0), start + rows[0] * per_row
+        return key, start + rows[0] * per_row
     _counters[device.index] = start + size
-    return _seed + (device.index or 0), start
+    return key, start

@@ -29,7 +29,7 @@ class CrossEntropy(Function):
     def forward(self, logits, labels):
         xp = get_array_module(logits)
         n = logits.shape[0]
-        if xp is not numpy and logits.size:  # one kernel: per-sample losses (NaN for a label out of range) and log-sum-exps
+        if xp is not numpy and logits.size:  # one kernel: per-sample losses (NaN: label out of range), log-sum-exps
             losses, self.lse = _cross_entropy_cuda(logits, labels, self.smoothing)
         else:
             log_probs = log_softmax_array(logits, axis=1, keep_wide=True)  # float32 for float16/bfloat16 logits
@@ -48,7 +48,7 @@ class CrossEntropy(Function):
         xp = get_array_module(logits.data)
         n, classes = logits.shape
         factor = 1.0 / max(n, 1) if self.reduction == "mean" else 1.0
-        if xp is not numpy and logits.size and not is_grad_enabled():  # first order: one kernel (higher orders compose ops)
+        if xp is not numpy and logits.size and not is_grad_enabled():  # one kernel (higher orders compose ops)
             scale = gy.data.reshape(n, 1) if self.reduction == "none" else gy.data
             return _wrap(_cross_entropy_grad_cuda(logits.data, labels.data, self.lse, scale, factor,
                                                   self.smoothing), logits.device), None
