@@ -53,6 +53,8 @@ def test_a_trained_checkpoint_exports_and_predicts_the_same_in_onnx_runtime(trai
     result = subprocess.run(CLI + ["export", str(checkpoint), str(out)], capture_output=True, text=True, check=True)
     assert f"wrote {out}" in result.stdout and "input 'input' Nx1x28x28, output 'fc8'" in result.stdout
     loaded = mdl.load(checkpoint)
+    assert loaded.ema  # the main job keeps a weight average (train: {ema}) ...
+    loaded.use_average()  # ... and, as eval and predict do, export writes it
     props = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
     assert json.loads(props["minidl.data"])["classes"] == CLASSES and props["minidl.step"] == "3"
     # the test images as `minidl predict` prepares them (normalized with the training run's statistics)
