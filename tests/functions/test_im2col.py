@@ -62,11 +62,9 @@ def test_col2im_is_the_adjoint_of_im2col(case, data):
 
 
 @pytest.mark.parametrize("stride, padding, dilation, groups", [(1, 1, 1, 1), (4, 2, 1, 1), ((2, 1), (0, 1), 2, 2)])
-def test_conv_geometry_cuda_kernels_match_the_numpy_path(stride, padding, dilation, groups, rng):
+def test_conv_geometry_cuda_kernels_match_the_numpy_path(stride, padding, dilation, groups, rng, cuda):
     # columns and both folds on a GPU (one gather kernel each) against the strided NumPy copies
-    if not mdl.cuda_available():
-        pytest.skip("no usable CUDA GPU with CuPy on this machine")
-    xp = mdl.Device("cuda:0").xp
+    xp = mdl.Device(cuda).xp
     x = rng.standard_normal((2, 4, 11, 12))
     win = Window.make(3, stride, padding, dilation)
     geo = ConvGeometry(x.shape, win, groups)

@@ -310,15 +310,13 @@ def test_batch_norm_dtype_kept(training, dtype, device, rng):
 
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("size", [3, 5])
-def test_lrn_cuda_kernels_match_the_numpy_path(channels_last, size, rng):
-    if not mdl.cuda_available():
-        pytest.skip("no usable CUDA GPU with CuPy on this machine")
+def test_lrn_cuda_kernels_match_the_numpy_path(channels_last, size, rng, cuda):
     x = rng.standard_normal((2, 7, 5, 6)).astype(np.float32)
     gy = rng.standard_normal(x.shape).astype(np.float32)
     if channels_last:
         x = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
     results = []
-    for device in ("cpu", "cuda:0"):
+    for device in ("cpu", cuda):
         t = mdl.tensor(x, device=device, requires_grad=True)
         y = F.local_response_norm(t, size, 1e-2, 0.75, 2.0)
         y.backward(mdl.tensor(gy, device=device))

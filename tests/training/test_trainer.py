@@ -59,16 +59,13 @@ def test_handle_sigint_finishes_the_step_checkpoints_and_restores_the_handler(ti
 
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
-def test_no_gpu_reads_between_metric_reads(precision, tiny):
+def test_no_gpu_reads_between_metric_reads(precision, tiny, cuda):
     # a GPU training step copies nothing to the host and never waits for the GPU; the trainer reads the
     # loss and accuracy every check_every steps (the backend counts every read and wait)
-    import minidl as mdl
     from minidl import backend
 
-    if not mdl.cuda_available():
-        pytest.skip("no usable CUDA GPU with CuPy on this machine")
     model, data = tiny
-    trainer = prepare(str(model), data=str(data), steps=12, progress=False, workers=1, device="cuda:0",
+    trainer = prepare(str(model), data=str(data), steps=12, progress=False, workers=1, device=cuda,
                       precision=precision)
     trainer.check_every = 4
     reads = []
@@ -87,16 +84,13 @@ def test_no_gpu_reads_between_metric_reads(precision, tiny):
     assert any(d["host_reads"] for d in deltas)  # the metric reads are counted
 
 
-def test_evaluation_on_a_gpu_reads_back_once_not_per_batch(tiny):
+def test_evaluation_on_a_gpu_reads_back_once_not_per_batch(tiny, cuda):
     # loss and top-k counts stay on the device over all batches: three reads at the end, however many batches
-    import minidl as mdl
     from minidl import backend
     from minidl.training.metrics import evaluate
 
-    if not mdl.cuda_available():
-        pytest.skip("no usable CUDA GPU with CuPy on this machine")
     model, data = tiny
-    trainer = prepare(str(model), data=str(data), steps=1, progress=False, workers=1, device="cuda:0")
+    trainer = prepare(str(model), data=str(data), steps=1, progress=False, workers=1, device=cuda)
     on_cpu = prepare(str(model), data=str(data), steps=1, progress=False, workers=1)
     on_cpu.model.load_state_dict(trainer.model.state_dict())
     trainer.val_loader.batch_size = on_cpu.val_loader.batch_size = 10  # 5 batches of the 48 test images
