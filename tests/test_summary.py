@@ -251,7 +251,7 @@ def test_summary_names_each_convolutions_algorithm_per_device():
     # the rule of minidl.functions.conv_algorithm for the paper's AlexNet at batch 128
     cpu = _algorithms("--batch", "128")
     assert {n: a for n, (a, _) in cpu.items()} == {
-        "conv1": "im2col_tapfold", "conv2": "winograd", "conv3": "winograd", "conv4": "winograd", "conv5": "winograd"}
+        "conv1": "im2col_tapfold", "conv2": "fft", "conv3": "winograd", "conv4": "winograd", "conv5": "winograd"}
     assert cpu["conv1"][1] == 128 * 55 * 55 * 11 * 11 * 3 * 4  # im2col's columns, float32
     gpu = _algorithms("--batch", "128", "--device", "cuda:0")  # the GPU's rule, asked on any machine
     assert {n: a for n, (a, _) in gpu.items()} == {
@@ -281,5 +281,5 @@ def test_yaml_algorithm_and_unknown_names(tmp_path):
     assert result.returncode != 0
     assert f"{model}:4:" in result.stderr and "Did you mean 'winograd'" in result.stderr, result.stderr
     model.write_text(model.read_text().replace("algorithm: winogard", "algorithm: winograd"))
-    result = run_cli(model, "--conv-algorithm", "fft", check=False)
-    assert result.returncode != 0 and "unknown conv algorithm 'fft'" in result.stderr
+    result = run_cli(model, "--conv-algorithm", "fourier", check=False)
+    assert result.returncode != 0 and "unknown conv algorithm 'fourier'" in result.stderr

@@ -105,7 +105,7 @@ def test_every_algorithm_claims_shapes_and_the_reference_claims_them_all():
     claimed = {name for name, _, _ in CASES}
     assert claimed == set(conv_algorithms())
     assert sum(name == "im2col_gemm" for name, _, _ in CASES) == len(SHAPES)
-    assert {"im2col_gemm", "im2col_tapfold", "im2col_flip", "winograd"} <= claimed
+    assert {"im2col_gemm", "im2col_tapfold", "im2col_flip", "fft", "winograd"} <= claimed
 
 
 def test_algorithms_report_their_workspace():
@@ -239,7 +239,7 @@ def test_cli_plugins_lists_conv_algorithms_with_providers(toy_installed):
                          check=True, env=dict(os.environ, PYTHONPATH=os.pathsep.join(paths))).stdout
     listing = {p["name"]: p for p in json.loads(out)["plugins"]}
     assert listing["minidl_conv"]["registered"]["conv_algorithms"] == [
-        "im2col_gemm", "im2col_tapfold", "im2col_flip", "winograd"]
+        "im2col_gemm", "im2col_tapfold", "im2col_flip", "fft", "winograd"]
     toy = listing["toyconv"]
     assert (toy["package"], toy["version"], toy["registered"]) == (
         "minidl-toyconv", "0.2.0", {"conv_algorithms": ["toy_direct"]})
