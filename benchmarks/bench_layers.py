@@ -1,6 +1,6 @@
 """AlexNet layer shapes, forward + backward: minidl vs PyTorch (CPU), same run, same inputs.
 
-    python benchmarks/bench_layers.py [--batch 32] [--repeat 3]
+    python benchmarks/bench_layers.py [--batch 32] [--repeat 3] [--algorithms] [--mini]
 
 Conv layers use torchvision's AlexNet widths at 224x224 input (conv1 3->64
 11x11/4 pad 2 ... conv5 256->256 3x3), plus fc6 (9216 -> 4096). Also a full
@@ -13,7 +13,8 @@ shape; pooling + LRN under 15% of the full step. ``--algorithms`` also times
 every convolution algorithm that supports each shape (what the default rule
 in minidl.functions.conv_algorithm is tuned by). Heap tuning is on, as in
 ``minidl train`` (``mdl.cpu.tune_heap()``; it applies to the whole process,
-PyTorch included).
+PyTorch included). ``--mini`` times alexnet-mini's five convolutions instead (grouped as
+in its model file; use ``--batch 128``, the main job's).
 """
 from __future__ import annotations
 
@@ -33,6 +34,13 @@ CONVS = [  # name, in, out, input size, kernel, stride, padding
     ("conv4", 384, 256, 13, 3, 1, 1),
     ("conv5", 256, 256, 13, 3, 1, 1),
 ]
+MINI_CONVS = [  # models/alexnet-mini.yaml on 1x28x28: name, in, out, input size, kernel, stride, padding, groups
+    ("conv1", 1, 32, 28, 5, 1, 2, 1),
+    ("conv2", 32, 64, 13, 5, 1, 2, 2),
+    ("conv3", 64, 96, 6, 3, 1, 1, 1),
+    ("conv4", 96, 96, 6, 3, 1, 1, 2),
+    ("conv5", 96, 64, 6, 3, 1, 1, 2),
+]
 
 
 def timed(fn, repeat):
@@ -46,18 +54,18 @@ def timed(fn, repeat):
 
 
 def conv_case(torch, batch, spec, repeat, algorithm=None):
-    name, cin, cout, size, k, s, p = spec
+    name, cin, cout, size, k, s, p, g = (spec + (1,))[:8]
     rng = np.random.default_rng(0)
     x = rng.standard_normal((batch, cin, size, size)).astype(np.float32)
-    w = (rng.standard_normal((cout, cin, k, k)) * 0.01).astype(np.float32)
+    w = (rng.standard_normal((cout, cin // g, k, k)) * 0.01).astype(np.float32)
     b = np.zeros(cout, np.float32)
     X, W, B = (mdl.tensor(a, requires_grad=True) for a in (x, w, b))
-    out = F.conv2d(X, W, B, s, p, algorithm=algorithm)
+    out = F.conv2d(X, W, B, s, p, groups=g, algorithm=algorithm)
     G = mdl.tensor(np.ones(out.shape, np.float32))
 
     def ours():
         X.grad = W.grad = B.grad = None
-        F.conv2d(X, W, B, s, p, algorithm=algorithm).backward(G)
+        F.conv2d(X, W, B, s, p, groups=g, algorithm=algorithm).backward(G)
 
     result = {"minidl": timed(ours, repeat), "algorithm": out.creator.algorithm.name}
     if torch is not None and algorithm is None:
@@ -66,7 +74,7 @@ def conv_case(torch, batch, spec, repeat, algorithm=None):
 
         def theirs():
             tx.grad = tw.grad = tb.grad = None
-            torch.nn.functional.conv2d(tx, tw, tb, s, p).backward(tg)
+            torch.nn.functional.conv2d(tx, tw, tb, s, p, groups=g).backward(tg)
 
         result["torch"] = timed(theirs, repeat)
     return result
@@ -127,6 +135,7 @@ def main(argv=None):
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--algorithms", action="store_true", help="also time every supporting conv algorithm")
+    parser.add_argument("--mini", action="store_true", help="alexnet-mini's convolutions (only)")
     args = parser.parse_args(argv)
     mdl.cpu.tune_heap()
     torch = try_import_torch()
@@ -134,7 +143,7 @@ def main(argv=None):
           f"batch {args.batch}, float32, forward+backward, best of {args.repeat}")
     print(f"{'layer':8s} {'minidl':>10s} {'torch':>10s} {'throughput vs torch':>20s}  algorithm")
     total = {"minidl": 0.0, "torch": 0.0}
-    for spec in CONVS:
+    for spec in MINI_CONVS if args.mini else CONVS:
         r = conv_case(torch, args.batch, spec, args.repeat)
         _row(spec[0], r)
         for k in total:
@@ -143,6 +152,9 @@ def main(argv=None):
             for name in _supporting(args.batch, spec):
                 if name != r["algorithm"]:
                     _row("", conv_case(torch, args.batch, spec, args.repeat, algorithm=name), r)
+    if args.mini:
+        print(f"conv1-5 forward+backward: minidl {total['minidl'] * 1e3:.1f} ms, torch {total['torch'] * 1e3:.1f} ms")
+        return
     r = fc_case(torch, args.batch, args.repeat)
     _row("fc6", r)
     for k in total:
@@ -158,8 +170,8 @@ def _supporting(batch, spec):
     from minidl.functions import ConvProblem
     from minidl.functions.conv_algorithm import conv_algorithms
 
-    _, cin, cout, size, k, s, p = spec
-    problem = ConvProblem.make((batch, cin, size, size), (cout, cin, k, k), s, p)
+    _, cin, cout, size, k, s, p, g = (spec + (1,))[:8]
+    problem = ConvProblem.make((batch, cin, size, size), (cout, cin // g, k, k), s, p, groups=g)
     return [name for name, a in conv_algorithms().items() if a.unsupported(problem) is None]
 
 

@@ -20,6 +20,9 @@ settles the algorithm once and caches it:
    ==============  ====  ===============================================================
    algorithm       CPU   when
    ==============  ====  ===============================================================
+   fft             4     stride 1, images up to 32x32, >= 8 input channels per group, and
+                         kernels of 25 taps or more, or 3x3 with <= 96 channels per group
+                         in and out (on a GPU: never by default; not yet measured there)
    winograd        3     stride 1, 3x3 or 5x5, float32/64, >= 32 channels per group in
                          and out, output >= 2x2 (on a GPU: never by default; its
                          per-point GEMM loop is launch-bound there)

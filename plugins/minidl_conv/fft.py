@@ -28,6 +28,7 @@ frequency's slice is a ready GEMM operand.
 from __future__ import annotations
 
 import functools
+import threading
 
 import numpy
 
@@ -158,11 +159,27 @@ def plan_for(problem: ConvProblem) -> FFTPlan:
 class FFT(ConvAlgorithm):
     """Whole-image DFT convolution for stride-1, undilated convolutions in float32 or float64, all three passes.
 
-    Pays where kernels are large against the image: on the CPU it is the default for 5x5 and larger kernels on
-    images up to 32x32 with at least 8 input channels per group (alexnet-mini's conv2: 2.6x fewer FLOPs than
-    Winograd F(4x4, 5x5) counts, no tiles). float32 results within about 1e-6 of float64 relative to the
-    output's scale.
+    Pays where kernels are large against the image, or channels few: on the CPU it is the default on images up
+    to 32x32 with at least 8 input channels per group, for kernels of 25 taps or more (5x5 and up), and for 3x3
+    kernels with at most 96 channels per group in and out (see FFT_MAX_CHANNELS). For alexnet-mini's conv2 that
+    is 480 real multiply-adds per pair of channels, against 1024 for Winograd F(4x4, 5x5) tiles and 4225 for
+    im2col. float32 results within about 5e-7 of float64 relative to the output's scale. Not a GPU default:
+    not yet measured there.
+
+    A backward pass transforms gy once: :meth:`grad_input` keeps gy's spectra (per thread) and
+    :meth:`grad_weight`, called next with the same gy array object, takes them instead of transforming gy
+    again, as :class:`~minidl.functions.conv.Conv2d`'s backward does. (So gy must not be changed in place
+    between the two calls.)
     """
+
+    def __init__(self):
+        self._last = threading.local()  # .gy: (gy, problem, its spectra) from this thread's last grad_input
+
+    def _take_gy_spectra(self, gy, problem, plan):
+        last, self._last.gy = getattr(self._last, "gy", None), None
+        if last is not None and last[0] is gy and last[1] == problem:
+            return last[2]
+        return plan.images(gy, plan.gy_in)
 
     def unsupported(self, problem):
         win = problem.window
@@ -175,12 +192,13 @@ class FFT(ConvAlgorithm):
         return None
 
     def priority(self, problem):
-        kh, kw = problem.w_shape[2:]
-        h, w = problem.x_shape[2:]
-        if (problem.device_type != "cpu" or kh * kw < FFT_MIN_TAPS or max(h, w) > FFT_MAX_SIZE
-                or problem.channels_per_group[0] < FFT_MIN_CHANNELS):
+        taps = problem.w_shape[2] * problem.w_shape[3]
+        cg, og = problem.channels_per_group
+        if problem.device_type != "cpu" or max(problem.x_shape[2:]) > FFT_MAX_SIZE or cg < FFT_MIN_CHANNELS:
             return None
-        return 4
+        if taps >= FFT_LARGE_KERNEL or (taps >= FFT_SMALL_KERNEL and max(cg, og) <= FFT_MAX_CHANNELS):
+            return 4
+        return None
 
     def workspace_bytes(self, problem):
         n, c, h, w = problem.x_shape
@@ -199,17 +217,28 @@ class FFT(ConvAlgorithm):
         plan = plan_for(problem)
         xp = get_array_module(gy)
         kernels = xp.conj(plan.kernels(W)).swapaxes(-1, -2)  # (Fh, Fw, G, O/G, C/G)
-        return plan.from_spectra(xp.matmul(plan.images(gy, plan.gy_in), kernels), plan.gx_out)
+        gy_spectra = plan.images(gy, plan.gy_in)
+        self._last.gy = (gy, problem, gy_spectra)  # for the weight gradient, next
+        return plan.from_spectra(xp.matmul(gy_spectra, kernels), plan.gx_out)
 
     def grad_weight(self, x, gy, problem, saved=None):
         plan = plan_for(problem)
         xp = get_array_module(gy)
         spectra = plan.images(x, plan.x_in) if saved is None else saved
-        products = xp.matmul(xp.conj(spectra).swapaxes(-1, -2), plan.images(gy, plan.gy_in))  # (.., C/G, O/G)
-        gW = plan.synthesise(products, plan.gw_out, (0, 2, 1))  # (G, O/G, C/G, kh, kw)
+        products = xp.matmul(xp.conj(spectra).swapaxes(-1, -2), self._take_gy_spectra(gy, problem, plan))
+        gW = plan.synthesise(products, plan.gw_out, (0, 2, 1))  # (G, O/G, C/G, kh, kw) from (.., C/G, O/G)
         return gW.reshape(problem.w_shape)
 
+    def release(self, saved):
+        self._last.gy = None  # a weight gradient that never came: let gy and its spectra go
 
-FFT_MIN_TAPS = 25  # the CPU default rule: 5x5 kernels or larger,
-FFT_MAX_SIZE = 32  # on images up to 32x32,
-FFT_MIN_CHANNELS = 8  # with at least 8 input channels per group
+
+# The CPU default rule: images up to 32x32 with at least 8 input channels per group, and either kernels of
+# 25 taps or more (5x5 and up), or of 9 or more (3x3) with at most 96 channels per group in and out (with
+# more, the per-frequency complex GEMMs cost more than Winograd's real ones: AlexNet's 256 -> 384 3x3 took
+# 1.6x Winograd's time; alexnet-mini's conv3-5, 48-96 channels, 0.6-0.8x).
+FFT_MAX_SIZE = 32
+FFT_MIN_CHANNELS = 8
+FFT_LARGE_KERNEL = 25
+FFT_SMALL_KERNEL = 9
+FFT_MAX_CHANNELS = 96
