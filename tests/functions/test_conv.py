@@ -56,12 +56,12 @@ def test_conv2d_alexnet_geometry_like_torch(device, torch, rng):
     (3, 4, 1, 2), (32, 4, 1, 2), (32, 4, 2, 2), (64, 8, 2, 2),  # strided
     (4, 8, 1, 1), (4, 12, 1, 1), (16, 48, 2, 1),  # stride 1, O <= 2 C or O > 2 C per group
 ])
-@pytest.mark.parametrize("algorithm", ["im2col_gemm", "im2col_tapfold", "im2col_flip", "winograd"])
+@pytest.mark.parametrize("algorithm", ["im2col_gemm", "im2col_tapfold", "im2col_flip", "winograd", "fft"])
 def test_conv2d_algorithms_like_torch(channels, out_channels, groups, stride, algorithm, device, torch, rng):
     # each algorithm computes the input gradient its own way: every one that takes the geometry agrees with torch
     x = rng.standard_normal((2, channels, 9, 9))
     W = rng.standard_normal((out_channels, channels // groups, 3, 3))
-    if stride > 1 and algorithm in ("im2col_flip", "winograd"):
+    if stride > 1 and algorithm in ("im2col_flip", "winograd", "fft"):
         with pytest.raises(ValueError, match=f"{algorithm}.*stride 2x2: needs 1"):
             F.conv2d(mdl.tensor(x, device=device), mdl.tensor(W, device=device), stride=stride, padding=1,
                      groups=groups, algorithm=algorithm)

@@ -1,28 +1,18 @@
 """The fft algorithm (plugins/minidl_conv/fft.py): its per-axis DFT matrices, its default rule, every pass
-against im2col + GEMM in float64 over periods, paddings and storage orders, float32 accuracy, gradient checks.
+against im2col + GEMM in float64 over periods, paddings and storage orders, float32 accuracy. (Gradient checks
+against PyTorch: test_conv2d_algorithms_like_torch in tests/functions/test_conv.py.)
 (The conformance suite in test_conv_algorithms.py checks it on the shared shapes like every algorithm.)"""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-import minidl as mdl
-import minidl.functions as F
 from minidl.functions import ConvProblem
 from minidl.functions.conv_algorithm import select
 from minidl_conv import fft
 
 from ..functions._conv_reference import channels_last_copy, np_conv2d
-from ..functions._opcheck import check_gradgrad, fixed_array
-
-
-def _conv_results(x, W, b, padding, groups, gy, device, algorithm):
-    """y, gx, gW, gb of a stride-1 conv2d computed by ``algorithm``."""
-    xs = [mdl.tensor(a, requires_grad=True, device=device) for a in (x, W, b)]
-    y = F.conv2d(*xs, padding=padding, groups=groups, algorithm=algorithm)
-    assert y.creator.algorithm.name == algorithm
-    y.backward(mdl.tensor(gy, device=device))
-    return [y.numpy()] + [t.grad.numpy() for t in xs]
+from ._conv_passes import conv_results, float32_errors
 
 
 @pytest.mark.parametrize("size, kernel, pad", [(13, 5, 2), (6, 3, 1), (8, 3, 0), (7, 5, 0), (5, 3, 4), (1, 5, 2),
@@ -96,8 +86,8 @@ def test_fft_matches_im2col(shape, out_channels, k, padding, groups, channels_la
     W = rng.standard_normal((out_channels, shape[1] // groups, kh, kw))
     b = rng.standard_normal(out_channels)
     gy = rng.standard_normal((shape[0], out_channels, shape[2] + 2 * ph - kh + 1, shape[3] + 2 * pw - kw + 1))
-    fast = _conv_results(x, W, b, (ph, pw), groups, gy, device, "fft")
-    direct = _conv_results(x, W, b, (ph, pw), groups, gy, device, "im2col_gemm")
+    fast = conv_results(x, W, b, (ph, pw), groups, gy, device, "fft")
+    direct = conv_results(x, W, b, (ph, pw), groups, gy, device, "im2col_gemm")
     for name, a, e in zip(["y", "gx", "gW", "gb"], fast, direct):
         np.testing.assert_allclose(a, e, rtol=1e-11, atol=1e-11 * np.abs(e).max(), err_msg=name)
     np.testing.assert_allclose(fast[0], np_conv2d(x, W, b, padding=(ph, pw), groups=groups), rtol=1e-10,
@@ -107,36 +97,8 @@ def test_fft_matches_im2col(shape, out_channels, k, padding, groups, channels_la
 @pytest.mark.parametrize("k, padding, groups, size", [(5, 2, 2, 13), (5, 2, 2, 27), (3, 1, 1, 6)])
 def test_fft_float32_accuracy(k, padding, groups, size, rng):
     # float32 (forward and gradients) within 5e-6 of float64, relative to the largest value
-    x = rng.standard_normal((2, 32, size, size))
-    W = rng.standard_normal((64, 32 // groups, k, k)) * 0.05
-    b = rng.standard_normal(64)
-    gy = rng.standard_normal((2, 64, size, size))
-    exact = _conv_results(x, W, b, padding, groups, gy, "cpu", "im2col_gemm")
-    single = _conv_results(*(a.astype(np.float32) for a in (x, W, b)), padding, groups, gy.astype(np.float32),
-                           "cpu", "fft")
-    for name, a, e in zip(["y", "gx", "gW", "gb"], single, exact):
-        assert a.dtype == np.float32
-        assert np.abs(a - e).max() <= 5e-6 * np.abs(e).max(), name
-
-
-def test_fft_gradcheck(device, rng):
-    # every element of x, W and b against central differences (float64)
-    x, W, b = fixed_array(rng, (2, 4, 7, 6)), fixed_array(rng, (6, 2, 5, 5)), fixed_array(rng, (6,))
-    fn = lambda x, W, b: F.conv2d(x, W, b, padding=2, groups=2, algorithm="fft")  # noqa: E731
-    xs = [mdl.tensor(a, requires_grad=True, device=device) for a in (x, W, b)]
-    assert fn(*xs).creator.algorithm.name == "fft"
-    assert mdl.testing.gradcheck(fn, xs)
-
-
-def test_fft_gradgradcheck(device, rng):
-    # the input and weight gradients of an fft convolution are themselves differentiable
-    x, W = fixed_array(rng, (1, 4, 5, 5)), fixed_array(rng, (4, 4, 3, 3))
-
-    def fn(x, W):
-        y = F.conv2d(x, W, padding=1, algorithm="fft")
-        return y * y
-
-    check_gradgrad(fn, [x, W], device)
+    errors = float32_errors("fft", 32, k, padding, groups, size, rng)
+    assert max(errors.values()) <= 5e-6, errors
 
 
 def test_fft_keeps_the_input_spectra_for_the_weight_gradient(rng):

@@ -13,6 +13,7 @@ from minidl_conv import winograd
 
 from ..functions._conv_reference import channels_last_copy, np_conv2d
 from ..functions._opcheck import check_gradgrad, fixed_array
+from ._conv_passes import conv_results, float32_errors
 
 
 @pytest.fixture
@@ -24,14 +25,6 @@ def one_tile(monkeypatch):
 
     yield force
     winograd.plan_for.cache_clear()
-
-
-def _conv_results(x, W, b, padding, groups, gy, device, algorithm):
-    """y, gx, gW, gb of a stride-1 conv2d computed by ``algorithm``."""
-    xs = [mdl.tensor(a, requires_grad=True, device=device) for a in (x, W, b)]
-    y = F.conv2d(*xs, padding=padding, groups=groups, algorithm=algorithm)
-    y.backward(mdl.tensor(gy, device=device))
-    return [y.numpy()] + [t.grad.numpy() for t in xs]
 
 
 @pytest.mark.parametrize("m, r", [(2, 3), (3, 3), (4, 3), (5, 3), (2, 5), (3, 5), (4, 5), (3, 2)])
@@ -96,8 +89,8 @@ def test_winograd_matches_im2col(shape, out_channels, k, padding, groups, m, cha
     gy = rng.standard_normal((shape[0], out_channels, oh, ow))
     problem = ConvProblem.make(shape, W.shape, padding=padding, groups=groups, dtype="float64", device=device)
     assert winograd.plan_for(problem).m == m
-    fast = _conv_results(x, W, b, padding, groups, gy, device, "winograd")
-    direct = _conv_results(x, W, b, padding, groups, gy, device, "im2col_gemm")
+    fast = conv_results(x, W, b, padding, groups, gy, device, "winograd")
+    direct = conv_results(x, W, b, padding, groups, gy, device, "im2col_gemm")
     for name, a, e in zip(["y", "gx", "gW", "gb"], fast, direct):
         np.testing.assert_allclose(a, e, rtol=1e-11, atol=1e-11 * np.abs(e).max(), err_msg=name)
     np.testing.assert_allclose(direct[0], np_conv2d(x, W, b, padding=(padding, padding), groups=groups),
@@ -120,16 +113,8 @@ def test_winograd_refuses_what_it_cannot_compute():
 @pytest.mark.parametrize("k, padding, groups, size", [(3, 1, 1, 13), (3, 1, 2, 6), (5, 2, 2, 27)])
 def test_winograd_float32_accuracy(k, padding, groups, size, rng):
     # float32 Winograd (forward and gradients) within 5e-5 of float64, relative to the largest value
-    x = rng.standard_normal((2, 64, size, size))
-    W = rng.standard_normal((64, 64 // groups, k, k)) * 0.05
-    b = rng.standard_normal(64)
-    gy = rng.standard_normal((2, 64, size, size))
-    exact = _conv_results(x, W, b, padding, groups, gy, "cpu", "im2col_gemm")
-    single = _conv_results(*(a.astype(np.float32) for a in (x, W, b)), padding, groups, gy.astype(np.float32),
-                           "cpu", "winograd")
-    for name, a, e in zip(["y", "gx", "gW", "gb"], single, exact):
-        assert a.dtype == np.float32
-        assert np.abs(a - e).max() <= 5e-5 * np.abs(e).max(), name
+    errors = float32_errors("winograd", 64, k, padding, groups, size, rng)
+    assert max(errors.values()) <= 5e-5, errors
 
 
 @pytest.mark.parametrize("k", [3, 5])
