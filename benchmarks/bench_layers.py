@@ -27,14 +27,14 @@ import minidl as mdl
 import minidl.functions as F
 from _timing import machine, try_import_torch
 
-CONVS = [  # name, in, out, input size, kernel, stride, padding
-    ("conv1", 3, 64, 224, 11, 4, 2),
-    ("conv2", 64, 192, 27, 5, 1, 2),
-    ("conv3", 192, 384, 13, 3, 1, 1),
-    ("conv4", 384, 256, 13, 3, 1, 1),
-    ("conv5", 256, 256, 13, 3, 1, 1),
+CONVS = [  # name, in, out, input size, kernel, stride, padding, groups
+    ("conv1", 3, 64, 224, 11, 4, 2, 1),
+    ("conv2", 64, 192, 27, 5, 1, 2, 1),
+    ("conv3", 192, 384, 13, 3, 1, 1, 1),
+    ("conv4", 384, 256, 13, 3, 1, 1, 1),
+    ("conv5", 256, 256, 13, 3, 1, 1, 1),
 ]
-MINI_CONVS = [  # models/alexnet-mini.yaml on 1x28x28: name, in, out, input size, kernel, stride, padding, groups
+MINI_CONVS = [  # models/alexnet-mini.yaml on 1x28x28, the same columns
     ("conv1", 1, 32, 28, 5, 1, 2, 1),
     ("conv2", 32, 64, 13, 5, 1, 2, 2),
     ("conv3", 64, 96, 6, 3, 1, 1, 1),
@@ -54,7 +54,7 @@ def timed(fn, repeat):
 
 
 def conv_case(torch, batch, spec, repeat, algorithm=None):
-    name, cin, cout, size, k, s, p, g = (spec + (1,))[:8]
+    name, cin, cout, size, k, s, p, g = spec
     rng = np.random.default_rng(0)
     x = rng.standard_normal((batch, cin, size, size)).astype(np.float32)
     w = (rng.standard_normal((cout, cin // g, k, k)) * 0.01).astype(np.float32)
@@ -170,7 +170,7 @@ def _supporting(batch, spec):
     from minidl.functions import ConvProblem
     from minidl.functions.conv_algorithm import conv_algorithms
 
-    _, cin, cout, size, k, s, p, g = (spec + (1,))[:8]
+    _, cin, cout, size, k, s, p, g = spec
     problem = ConvProblem.make((batch, cin, size, size), (cout, cin // g, k, k), s, p, groups=g)
     return [name for name, a in conv_algorithms().items() if a.unsupported(problem) is None]
 
