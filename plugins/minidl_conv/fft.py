@@ -163,8 +163,8 @@ class FFT(ConvAlgorithm):
     to 32x32 with at least 8 input channels per group, for kernels of 25 taps or more (5x5 and up), and for 3x3
     kernels with at most 96 channels per group in and out (see FFT_MAX_CHANNELS). For alexnet-mini's conv2 that
     is 480 real multiply-adds per pair of channels, against 1024 for Winograd F(4x4, 5x5) tiles and 4225 for
-    im2col. float32 results within about 5e-7 of float64 relative to the output's scale. Not a GPU default:
-    not yet measured there.
+    im2col. float32 results are within 3e-7 of float64, relative to the output's scale, on the shapes of
+    test_fft_float32_accuracy (which holds them to 5e-6). Not a GPU default: not yet measured there.
 
     A backward pass transforms gy once: :meth:`grad_input` keeps gy's spectra (per thread) and
     :meth:`grad_weight`, called next with the same gy array object, takes them instead of transforming gy
@@ -235,8 +235,9 @@ class FFT(ConvAlgorithm):
 
 # The CPU default rule: images up to 32x32 with at least 8 input channels per group, and either kernels of
 # 25 taps or more (5x5 and up), or of 9 or more (3x3) with at most 96 channels per group in and out (with
-# more, the per-frequency complex GEMMs cost more than Winograd's real ones: AlexNet's 256 -> 384 3x3 took
-# 1.6x Winograd's time; alexnet-mini's conv3-5, 48-96 channels, 0.6-0.8x).
+# more, the per-frequency complex GEMMs cost more than Winograd's real ones: `bench_layers.py --algorithms`
+# timed fft at 1.45-1.87x Winograd's time on AlexNet's 192-384-channel 3x3 layers, and `--mini` at
+# 0.66-0.98x on alexnet-mini's conv3-5, 48-96 channels).
 FFT_MAX_SIZE = 32
 FFT_MIN_CHANNELS = 8
 FFT_LARGE_KERNEL = 25
