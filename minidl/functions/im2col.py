@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import numpy
 
-from ..backend import elementwise_kernel, get_array_module, matmul_into
+from ..backend import elementwise_kernel, get_array_module
+from ..gemm import matmul_into
 from ..cpu import scratch
 from .window import Window, pad_hw
 
@@ -71,7 +72,7 @@ def padded_channels_last(x, pad_h: tuple, pad_w: tuple, groups: int = 1):
 def per_group_matmul(a, b, out, transpose_a=False, transpose_b=False):
     """out[g] = a[g] @ b[g] (each optionally transposed) for every group g; ``out`` (G, ., .) may be a strided view.
 
-    One strided-batched cuBLAS call on a GPU, with transposed operands read in place (:func:`minidl.backend.matmul_into`).
+    One strided-batched cuBLAS call on a GPU, with transposed operands read in place (:func:`minidl.gemm.matmul_into`).
     """
     return matmul_into(a.swapaxes(1, 2) if transpose_a else a, b.swapaxes(1, 2) if transpose_b else b, out)
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy
 
-from ..backend import array_matmul
+from ..gemm import array_matmul
 from ..errors import OpTypeError, ShapeError
 from ..function import Function
 from ..tensor import Tensor
