@@ -1,13 +1,13 @@
 """AlexNet training steps on a GPU: minidl (CuPy, cuBLAS GEMMs) vs PyTorch (cuDNN), same device, same run.
 
-    python benchmarks/bench_gpu.py [--models alexnet,alexnet-torchvision] [--batches 128,256]
-                                   [--modes fp32,tf32] [--steps 20] [--profile]
+    python benchmarks/bench_gpu.py [--models alexnet,alexnet-torchvision,alexnet-mini] [--batches 128,256]
+                                   [--modes fp32,tf32] [--steps 20] [--profile] [--cuda-graph]
 
 Each (framework, model, batch, mode) runs in its own process, so each one's
 peak GPU memory is its own. A step is forward, cross-entropy, backward and an
 SGD update (momentum 0.9, weight decay 5e-4) on random images and labels that
 already sit on the GPU. Modes: ``fp32`` (TF32 off in both), ``tf32`` (TF32
-allowed: ``minidl.backend.allow_tf32`` and ``CUPY_TF32=1`` for minidl,
+allowed: ``minidl.gemm.allow_tf32`` and ``CUPY_TF32=1`` for minidl,
 ``allow_tf32`` for PyTorch),
 ``bf16``/``fp16`` (autocast in both: ``mdl.autocast`` and ``mdl.amp.LossScaler``
 for minidl, ``torch.autocast`` and ``GradScaler`` for PyTorch). Prints images/s, minidl / PyTorch throughput (>= 1.0 means
@@ -16,6 +16,10 @@ bytes in use and bytes held, PyTorch's max allocated and max reserved.
 
 ``--profile`` also prints, for minidl, where one step's time goes by op
 (each op synchronised and timed on its own, so the total exceeds a real step).
+``--cuda-graph`` replays minidl's step from a CUDA graph
+(:class:`minidl.training.cuda_graph.StepGraph`, as ``minidl train`` does);
+PyTorch stays eager. ``alexnet-mini`` is the Fashion-MNIST model (1x28x28,
+10 classes).
 """
 from __future__ import annotations
 
@@ -33,18 +37,19 @@ CHILD = r"""
 import json, sys, time
 import numpy as np
 framework, model_name, batch, mode, steps, profile = sys.argv[1:7]
-batch, steps, profile = int(batch), int(steps), profile == "1"
-size = 227 if model_name == "alexnet" else 224
+batch, steps, profile, graphed = int(batch), int(steps), profile == "1", sys.argv[8] == "1"
+sys.path.insert(0, sys.argv[9])
+channels, size, classes = {"alexnet": (3, 227, 1000), "alexnet-mini": (1, 28, 10)}.get(model_name, (3, 224, 1000))
 rng = np.random.default_rng(0)
-x_host = rng.random((batch, 3, size, size), dtype=np.float32)
-y_host = rng.integers(0, 1000, batch)
+x_host = rng.random((batch, channels, size, size), dtype=np.float32)
+y_host = rng.integers(0, classes, batch)
 result = {}
 if framework == "minidl":
     import cupy
     import minidl as mdl
     import minidl.functions as F
     from minidl.plugins import registry
-    from minidl.backend import allow_tf32
+    from minidl.gemm import allow_tf32
     allow_tf32(mode == "tf32")  # minidl's own cuBLAS calls (CUPY_TF32 below covers CuPy's)
     model = mdl.build_model(sys.argv[7]).to("cuda:0")
     model.train()
@@ -54,10 +59,21 @@ if framework == "minidl":
     pool = cupy.get_default_memory_pool()
     low = {"bf16": "bfloat16", "fp16": "float16"}.get(mode)
     scaler = mdl.amp.LossScaler(enabled=mode == "fp16")
-    def step():
+    def forward_backward(x, y):
         with mdl.autocast(low or "bfloat16", enabled=low is not None):
             loss = F.cross_entropy(model(x), y)
-        opt.zero_grad(); scaler.scale(loss).backward(); scaler.step(opt); scaler.update()
+        opt.zero_grad(); scaler.scale(loss).backward()
+        return loss, loss
+    def eager_step(x, y):
+        loss, _ = forward_backward(x, y)
+        scaler.step(opt); scaler.update()
+        return loss, loss
+    if graphed:
+        from minidl.training.cuda_graph import StepGraph
+        stepper = StepGraph("on", forward_backward, opt, mdl.Device("cuda:0"), print)
+        step = lambda: stepper.step(x, y, eager_step)
+    else:
+        step = lambda: eager_step(x, y)
     sync = cupy.cuda.Device(0).synchronize
     class Peak(cupy.cuda.MemoryHook):
         name = "peak"
@@ -66,9 +82,11 @@ if framework == "minidl":
             self.used = max(self.used, pool.used_bytes())
         def alloc_postprocess(self, **kw):
             self.used = max(self.used, pool.used_bytes())
-    for _ in range(3):
+    for _ in range(5):  # with --cuda-graph: three eager steps, the capture, and a replay
         step()
     sync()
+    if graphed:
+        result["replays"] = stepper.replays
     peak = Peak()
     with peak:
         step()
@@ -110,15 +128,9 @@ else:
     torch.backends.cudnn.benchmark = True
     torch.backends.cuda.matmul.allow_tf32 = mode == "tf32"
     torch.backends.cudnn.allow_tf32 = mode == "tf32"
-    if model_name == "alexnet":
-        lrn = lambda: nn.LocalResponseNorm(5, alpha=5e-4, beta=0.75, k=2.0)  # the paper's LRN in torch's convention
-        model = nn.Sequential(
-            nn.Conv2d(3, 96, 11, stride=4), nn.ReLU(), lrn(), nn.MaxPool2d(3, 2),
-            nn.Conv2d(96, 256, 5, padding=2, groups=2), nn.ReLU(), lrn(), nn.MaxPool2d(3, 2),
-            nn.Conv2d(256, 384, 3, padding=1), nn.ReLU(), nn.Conv2d(384, 384, 3, padding=1, groups=2), nn.ReLU(),
-            nn.Conv2d(384, 256, 3, padding=1, groups=2), nn.ReLU(), nn.MaxPool2d(3, 2), nn.Flatten(),
-            nn.Linear(9216, 4096), nn.ReLU(), nn.Dropout(0.5), nn.Linear(4096, 4096), nn.ReLU(), nn.Dropout(0.5),
-            nn.Linear(4096, 1000))
+    from _torch_models import alexnet_mini, alexnet_paper
+    if model_name in ("alexnet", "alexnet-mini"):
+        model = alexnet_paper(nn) if model_name == "alexnet" else alexnet_mini(nn)
     else:
         import torchvision
         model = torchvision.models.alexnet()
@@ -147,14 +159,14 @@ print("RESULT " + json.dumps(result))
 """
 
 
-def run_case(framework, model, batch, mode, steps, profile):
+def run_case(framework, model, batch, mode, steps, profile, graphed=False):
     env = dict(os.environ)
     if mode == "tf32":
         env["CUPY_TF32"] = "1"
     else:
         env.pop("CUPY_TF32", None)
     cmd = [sys.executable, "-c", CHILD, framework, model, str(batch), mode, str(steps), "1" if profile else "0",
-           str(MODELS / f"{model}.yaml")]
+           str(MODELS / f"{model}.yaml"), "1" if graphed else "0", str(HERE)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT "):
@@ -181,6 +193,7 @@ def main():
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--frameworks", default="minidl,pytorch")
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--cuda-graph", action="store_true", help="replay minidl's step from a CUDA graph")
     parser.add_argument("--json", help="also write every result to this file")
     args = parser.parse_args()
     print(describe_gpu())
@@ -190,10 +203,11 @@ def main():
             for mode in args.modes.split(","):
                 got = {}
                 for framework in args.frameworks.split(","):
-                    got[framework] = run_case(framework, model, batch, mode, args.steps, args.profile)
+                    got[framework] = run_case(framework, model, batch, mode, args.steps, args.profile,
+                                              args.cuda_graph)
                 rows.append((model, batch, mode, got))
                 mine, ref = got.get("minidl"), got.get("pytorch")
-                line = f"{model:20s} b{batch:<4d} {mode:5s}"
+                line = f"{model:20s} b{batch:<4d} {mode:5s}" + (" graph" if args.cuda_graph else "")
                 for name, r in (("minidl", mine), ("pytorch", ref)):
                     if r:
                         line += (f" | {name} {batch / r['seconds']:8.0f} img/s, peak {r['peak_used'] / 2**20:7.0f} MiB used"

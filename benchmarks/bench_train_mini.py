@@ -41,17 +41,9 @@ else:
     import torch
     from torch import nn
     torch.manual_seed(0)
-    def lrn():
-        return nn.LocalResponseNorm(5, alpha=5 * 1e-4, beta=0.75, k=2.0)  # the paper's LRN in torch's convention
-    model = nn.Sequential(
-        nn.Conv2d(1, 32, 5, padding=2), nn.ReLU(), lrn(), nn.MaxPool2d(3, 2),
-        nn.Conv2d(32, 64, 5, padding=2, groups=2), nn.ReLU(), lrn(), nn.MaxPool2d(3, 2),
-        nn.Conv2d(64, 96, 3, padding=1), nn.ReLU(),
-        nn.Conv2d(96, 96, 3, padding=1, groups=2), nn.ReLU(),
-        nn.Conv2d(96, 64, 3, padding=1, groups=2), nn.ReLU(), nn.MaxPool2d(3, 2),
-        nn.Flatten(), nn.Linear(256, 512), nn.ReLU(), nn.Dropout(0.5), nn.Linear(512, 512), nn.ReLU(),
-        nn.Dropout(0.5), nn.Linear(512, 10))
-    assert sum(p.numel() for p in model.parameters()) == 550538
+    sys.path.insert(0, sys.argv[5])
+    from _torch_models import alexnet_mini
+    model = alexnet_mini(nn)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
     def step():
@@ -70,7 +62,7 @@ print(json.dumps({"images_per_s": steps * batch / seconds, "step_ms": 1000 * sec
 
 def run(framework, steps, batch):
     model = str(HERE.parent / "models" / "alexnet-mini.yaml")
-    out = subprocess.run([sys.executable, "-c", CHILD, framework, str(steps), str(batch), model],
+    out = subprocess.run([sys.executable, "-c", CHILD, framework, str(steps), str(batch), model, str(HERE)],
                          capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 

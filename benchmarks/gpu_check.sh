@@ -6,6 +6,15 @@ set -uo pipefail
 export PYTHONPATH=$PWD:$PWD/plugins PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/gpu-check}
 mkdir -p "$OUT"
+# wheels the machine's image lacks (nvmath-python and its cuda-* needs, for minidl's own cuBLAS handle and CUDA
+# graphs), downloaded beforehand into .whl (ignored by git; carry it: run(carry=[".whl"])), e.g.
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#     --platform manylinux_2_28_x86_64 --platform manylinux_2_24_x86_64 -d .whl \
+#     nvmath-python==1.0.0 cuda-bindings==13.5.0 cuda-core==1.2.2 cuda-pathfinder==1.9.1
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH=$PYTHONPATH:/tmp/site
+fi
 {
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
   python -c "import cupy, numpy, torch; print('cupy', cupy.__version__, 'numpy', numpy.__version__, 'torch', torch.__version__, 'cuda runtime', cupy.cuda.runtime.runtimeGetVersion())"

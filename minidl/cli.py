@@ -64,7 +64,7 @@ def _cmd_train(args) -> int:
                       workers=args.workers, checkpoint_every=args.checkpoint_every, keep=args.keep,
                       progress=not args.no_progress, ten_crop=args.ten_crop, devices=args.devices,
                       strategy=args.strategy, world=world, resume=args.resume, conv_algorithm=args.conv_algorithm,
-                      precision=args.precision)
+                      precision=args.precision, cuda_graph=args.cuda_graph)
     if world is not None and world.is_root:
         batch = trainer.train_loader.batch_size
         lr = trainer.optimizer.defaults["lr"]
@@ -258,6 +258,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", choices=["fp32", "tf32", "bf16", "fp16"],
                    help="fp32, tf32 (GPU tensor cores), bf16 or fp16 (mixed precision with float32 master weights; "
                         "fp16 scales the loss); default: the model file's train: precision, else fp32")
+    p.add_argument("--cuda-graph", choices=["auto", "on", "off"],
+                   help="on a GPU, capture the training step into a CUDA graph after a few eager steps and replay "
+                        "it (auto: when possible, saying why not; off: never); default: the model file's "
+                        "train: cuda_graph, else auto")
     p.add_argument("--out", default="runs/latest", help="output directory (default: runs/latest)")
     p.add_argument("--resume", action="store_true", help="continue from the newest valid checkpoint in --out")
     p.add_argument("--seed", type=int)

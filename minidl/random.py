@@ -18,7 +18,8 @@ import numpy
 from .backend import as_device
 
 __all__ = ["manual_seed", "generator", "uniform", "normal", "get_state", "set_state", "batch_shard", "fork_rng",
-           "counter_stream", "philox4x32", "philox_uniform", "PHILOX_CUDA"]
+           "counter_stream", "counter_shift", "counter_position", "skip_counters", "shifted_counters", "philox4x32",
+           "philox_uniform", "PHILOX_CUDA"]
 
 
 class _Shard(threading.local):
@@ -48,6 +49,8 @@ _seed = 0
 _cpu = numpy.random.default_rng(_seed)
 _cuda = {}  # device index -> CuPy generator, made on first use from the seed
 _counters = {}  # device index -> the next unused Philox counter of that device's stream
+_zero_shifts = {}  # device index -> a device uint64 zero: what eager kernels add to their counters
+_shift_overrides = {}  # device index -> a captured graph's shift array, while that graph is being captured
 
 
 def manual_seed(seed: int) -> None:
@@ -197,3 +200,48 @@ def counter_stream(shape, device) -> tuple:
         return key, start + rows[0] * per_row
     _counters[device.index] = start + size
     return key, start
+
+
+def counter_shift(device):
+    """The one-element uint64 device array that a counter-based kernel adds to its counters.
+
+    Running eagerly it is a zero that never changes. While a CUDA graph is
+    captured (:func:`shifted_counters`) it is the graph's own: the captured
+    kernels keep the counters of the capture, and before each replay the
+    runner writes how far the stream has moved since, so every replay draws
+    the numbers an eager step would have drawn at that point.
+    """
+    device = as_device(device)
+    override = _shift_overrides.get(device.index)
+    if override is not None:
+        return override
+    if device.index not in _zero_shifts:
+        with device.context():
+            _zero_shifts[device.index] = device.xp.zeros(1, dtype=numpy.uint64)
+    return _zero_shifts[device.index]
+
+
+@contextlib.contextmanager
+def shifted_counters(device, shift):
+    """Make :func:`counter_shift` give ``shift`` (a one-element uint64 device array) for ``device`` in a block."""
+    device = as_device(device)
+    previous = _shift_overrides.get(device.index)
+    _shift_overrides[device.index] = shift
+    try:
+        yield
+    finally:
+        if previous is None:
+            _shift_overrides.pop(device.index, None)
+        else:
+            _shift_overrides[device.index] = previous
+
+
+def counter_position(device) -> int:
+    """The next unused number of ``device``'s counter-based stream."""
+    return _counters.get(as_device(device).index, 0)
+
+
+def skip_counters(device, count: int) -> None:
+    """Move ``device``'s counter-based stream past ``count`` numbers (what a replayed graph drew)."""
+    index = as_device(device).index
+    _counters[index] = _counters.get(index, 0) + int(count)

@@ -14,6 +14,7 @@
       precision: bf16                  # fp32 (default), tf32, bf16 or fp16 (see minidl.autocast)
       ema: 0.999                       # evaluate a moving average of the weights
       label_smoothing: 0.1
+      cuda_graph: auto                 # on a GPU, replay the captured step (auto, on or off)
 """
 from __future__ import annotations
 
@@ -29,9 +30,10 @@ TRAIN_KEYS = {
     "epochs": int, "steps": int, "batch_size": int, "seed": int, "eval_batch_size": int,
     "optimizer": dict, "scheduler": dict, "data": dict, "augmentation": list, "preset": str,
     "keep_checkpoints": int, "scheduler_interval": str, "workers": int, "image_size": int, "conv_algorithm": str,
-    "precision": str, "ema": float, "label_smoothing": float,
+    "precision": str, "ema": float, "label_smoothing": float, "cuda_graph": str,
 }
-_CHOICES = {"precision": ("fp32", "tf32", "bf16", "fp16"), "scheduler_interval": ("epoch", "step")}
+_CHOICES = {"precision": ("fp32", "tf32", "bf16", "fp16"), "scheduler_interval": ("epoch", "step"),
+            "cuda_graph": ("auto", "on", "off")}
 _OPEN_UNIT = {"ema": "between 0 and 1 (exclusive), e.g. 0.999", "label_smoothing": "in [0, 1), e.g. 0.1"}
 _COMPONENTS = {  # key -> (registry kind, leading positional parameters the framework passes)
     "optimizer": ("optimizers", 1),
@@ -67,6 +69,8 @@ def validate_train_spec(train, source: str, mark=None) -> None:
             close = difflib.get_close_matches(str(key), TRAIN_KEYS, n=1)
             raise ModelError(f"unknown key {key!r} in train", source, where(train, key),
                              hint=f"did you mean {close[0]!r}?" if close else f"known: {', '.join(TRAIN_KEYS)}")
+        if key == "cuda_graph" and isinstance(value, bool):  # YAML 1.1 reads a bare on/off as a boolean
+            value = train[key] = "on" if value else "off"
         expected = TRAIN_KEYS[key]
         ok = isinstance(value, expected) and not (expected in (int, float) and isinstance(value, bool))
         if expected is float and isinstance(value, int) and not isinstance(value, bool):

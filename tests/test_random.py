@@ -58,7 +58,8 @@ def test_dropout_cuda_kernel_draws_the_numpy_stream_and_stores_no_mask(dtype, cu
     t = mdl.tensor(x, device=cuda, requires_grad=True)
     y = F.dropout(t, 0.3)
     assert y.creator.mask is None
-    key, first = y.creator.stream
+    key, first, shift = y.creator.stream
+    assert shift is random.counter_shift(cuda) and int(shift[0]) == 0  # eager: no shift
     y.backward(mdl.tensor(gy, device=cuda))
     keep = random.philox_uniform(key, first, x.size).reshape(x.shape) >= np.float32(0.3)
     scale = 1.0 / 0.7
@@ -67,4 +68,28 @@ def test_dropout_cuda_kernel_draws_the_numpy_stream_and_stores_no_mask(dtype, cu
     np.testing.assert_allclose(y.numpy().astype(np.float64), np.where(keep, x * scale, 0), rtol=tol, atol=tol)
     np.testing.assert_allclose(t.grad.numpy().astype(np.float64), np.where(keep, gy * scale, 0), rtol=tol,
                                atol=tol)
-    assert F.dropout(t, 0.3).creator.stream == (key, first + x.size)  # the next draw takes fresh numbers
+    assert F.dropout(t, 0.3).creator.stream[:2] == (key, first + x.size)  # the next draw takes fresh numbers
+
+
+def test_dropout_cuda_kernel_adds_the_device_shift(cuda, rng):
+    # a captured graph's kernels keep their counters; the shift array moves them on between replays
+    cupy = mdl.Device(cuda).xp
+    x = rng.standard_normal((16, 33)).astype("float32")
+    random.manual_seed(4)
+    shift = cupy.zeros(1, dtype=cupy.uint64)
+    with random.shifted_counters(cuda, shift):
+        y = F.dropout(mdl.tensor(x, device=cuda), 0.5)
+    key, first, used = y.creator.stream
+    assert used is shift
+    shift.fill(1000)
+    again = y.creator.forward(cupy.asarray(x))  # the same op after the stream moved 1,000 numbers on
+    keep = random.philox_uniform(key, first + 1000, x.size).reshape(x.shape) >= np.float32(0.5)
+    np.testing.assert_array_equal(cupy.asnumpy(again) != 0, keep & (x != 0))
+
+
+def test_counter_position_and_skip():
+    random.manual_seed(0)
+    random.counter_stream((3, 4), "cpu")
+    assert random.counter_position("cpu") == 12
+    random.skip_counters("cpu", 100)
+    assert random.counter_position("cpu") == 112 and random.counter_stream((1,), "cpu")[1] == 112

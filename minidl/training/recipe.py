@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .. import random
 from ..backend import as_device, cuda_device_count
-from ..builder import build_model
+from ..builder import build_model, load_spec
 from ..data import DataLoader
 from ..data.images import MissingSplitError
 from ..data.pack import available_cores
@@ -163,10 +163,18 @@ def apply_conv_algorithm(model, request) -> None:
             module.algorithm = request
 
 
+def _seed_initialization(model_path, seed) -> None:
+    """Seed the generators before the model is built, so the run's seed also decides the initial weights."""
+    if seed is None:
+        train = load_spec(model_path)[0].get("train")
+        seed = train.get("seed", 0) if isinstance(train, dict) else 0
+    random.manual_seed(seed if isinstance(seed, int) and not isinstance(seed, bool) else 0)  # checked later
+
+
 def prepare(model_path, data=None, epochs=None, steps=None, batch_size=None, lr=None, device="cpu", out=None,
             seed=None, preset=None, workers=None, checkpoint_every=None, keep=None, progress=True,
             ten_crop=False, devices=None, strategy=None, world=None, resume=False, conv_algorithm=None,
-            precision=None) -> Trainer:
+            precision=None, cuda_graph=None) -> Trainer:
     """Build the model, data, optimizer and scheduler for ``minidl train`` and return the Trainer.
 
     ``devices``/``strategy`` (default: the model file's) split the model over
@@ -178,10 +186,12 @@ def prepare(model_path, data=None, epochs=None, steps=None, batch_size=None, lr=
     (default: ``train: {conv_algorithm: ...}``) is the algorithm of every
     convolution layer that does not name its own (see :func:`apply_conv_algorithm`).
     ``precision`` (default: ``train: {precision: ...}``, else fp32) is the
-    trainer's precision policy.
+    trainer's precision policy, and ``cuda_graph`` (default: ``train: {cuda_graph: ...}``, else auto)
+    whether a GPU run replays its step as a CUDA graph.
     """
     if world is not None and str(device).startswith("cuda") and devices is None:
         device = f"cuda:{world.local_rank % cuda_device_count()}"
+    _seed_initialization(model_path, seed)
     model = build_model(model_path, device=device if devices is None else None, devices=devices, strategy=strategy)
     train = plain(model.spec.get("train", {}))  # plain dicts: a copy that drops the YAML locations
     preset = preset or train.get("preset")
@@ -263,4 +273,5 @@ def prepare(model_path, data=None, epochs=None, steps=None, batch_size=None, lr=
                    checkpoint_every=checkpoint_every, keep=keep or train.get("keep_checkpoints", 3), meta=meta,
                    transform_state=pipeline.state_dict(), progress=progress, eval_crops=crops,
                    scheduler_interval=interval, world=world, precision=precision or train.get("precision", "fp32"),
-                   ema=train.get("ema"), label_smoothing=train.get("label_smoothing", 0.0))
+                   ema=train.get("ema"), label_smoothing=train.get("label_smoothing", 0.0),
+                   cuda_graph=cuda_graph or train.get("cuda_graph", "auto"))

@@ -28,7 +28,7 @@ from .. import random
 from ..backend import CPU, transfer
 from ..cpu import scratch
 from ..amp import LossScaler
-from ..backend import tf32_enabled
+from ..gemm import tf32_enabled
 from ..functions import cross_entropy
 from ..functions.autocast import autocast
 from ..grad_mode import no_grad
@@ -37,6 +37,7 @@ from .checkpoint import (
     save_checkpoint,
 )
 
+from .cuda_graph import StepGraph
 from .ema import WeightAverage
 from .metrics import append_metrics, evaluate, format_row, progress_bar, topk_correct
 
@@ -73,13 +74,17 @@ class Trainer:
         ema: keep an exponential moving average of the weights with this decay
             (:class:`~minidl.training.ema.WeightAverage`) and evaluate it instead of the weights.
         label_smoothing: of the cross-entropy target (as PyTorch's).
+        cuda_graph: ``auto`` (default), ``on`` or ``off``: on a GPU, capture the whole step into a CUDA graph
+            after a few eager steps and replay it (:mod:`minidl.training.cuda_graph`); where that is not
+            possible the run says why once and trains eagerly. ``on`` also says so on a CPU.
     """
 
     def __init__(self, model, optimizer, train_loader, val_loader=None, scheduler=None, epochs: int | None = None,
                  steps: int | None = None, out_dir=None, checkpoint_every: int | None = None, keep: int = 3,
                  meta: dict | None = None, transform_state: dict | None = None, progress: bool = True,
                  check_every: int | None = None, eval_crops: int = 1, scheduler_interval: str = "epoch",
-                 world=None, precision: str = "fp32", ema: float | None = None, label_smoothing: float = 0.0):
+                 world=None, precision: str = "fp32", ema: float | None = None, label_smoothing: float = 0.0,
+                 cuda_graph: str = "auto"):
         if epochs is None and steps is None:
             raise ValueError("Trainer: give epochs or steps")
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
@@ -111,6 +116,20 @@ class Trainer:
         self.precision, self.label_smoothing = precision, float(label_smoothing)
         self.scaler = LossScaler(enabled=precision == "fp16")
         self.ema = WeightAverage(model, ema) if ema else None
+        self.step_graph = StepGraph(cuda_graph, self._forward_backward, optimizer, device, self._say,
+                                    refusal=self._capture_refusal)
+
+    def _capture_refusal(self):
+        """Why this trainer's step cannot be a CUDA graph, whatever the model (None: it can)."""
+        if self.world is not None:
+            return "data-parallel training averages the gradients between backward and the update, over MPI"
+        if getattr(self.model, "placement", None) is not None:
+            return "the model is split over devices, and one graph is captured on one device"
+        if self.precision == "fp16":
+            return "fp16 loss scaling decides each step whether to update"
+        if self.check_every == 1:
+            return "check_every=1 reads the loss back before every update"
+        return None
 
     def _autocast(self):
         """The precision policy around forward and loss (nothing for fp32 and tf32)."""
@@ -221,6 +240,22 @@ class Trainer:
             return True
         return self.epochs is not None and self.epoch >= self.epochs
 
+    def _forward_backward(self, inputs, labels):
+        """Forward, loss and backward of one batch (gradients replace the old ones); returns (loss, logits)."""
+        with self._autocast():
+            logits = self.model(inputs)
+            loss = cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
+        self.optimizer.zero_grad()
+        self.scaler.scale(loss).backward()
+        return loss, logits
+
+    def _eager_step(self, inputs, labels):
+        """A whole step without a graph, when the step graph warms up or cannot capture: returns (loss, logits)."""
+        loss, logits = self._forward_backward(inputs, labels)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return loss, logits
+
     def _train_epoch(self) -> None:
         model, loader = self.model, self.train_loader
         model.train()
@@ -237,21 +272,22 @@ class Trainer:
                 lo, hi = self.world.share(len(labels))
                 inputs, labels = inputs[lo:hi], labels[lo:hi]
                 share = random.batch_shard(lo, hi, len(batch.labels))
-            with share, self._autocast():
-                logits = model(inputs)
-                loss = cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
-            if self.world is None and self.check_every == 1 and not math.isfinite(loss.item()):
-                raise NonFiniteError(self._diagnose(batch, loss.item(), self.step + 1))  # before the update
-            self.optimizer.zero_grad()
-            self.scaler.scale(loss).backward()
-            if self.world is not None:
-                global_loss, stop = self.world.allreduce_step(
-                    self.optimizer_parameters, len(labels) / len(batch.labels), loss.item(), self._stop_requested)
-                if not math.isfinite(global_loss):  # every rank sees the same value and stops here
-                    raise NonFiniteError(self._diagnose(batch, global_loss, self.step + 1))
-                self._stop_requested = stop
-            self.scaler.step(self.optimizer)  # optimizer.step(), unless fp16 gradients overflowed
-            self.scaler.update()
+            if self.step_graph.active:  # on a GPU: eager warm-up steps, then replays of the captured step
+                loss, logits = self.step_graph.step(inputs, labels, self._eager_step)
+            else:
+                with share:
+                    loss, logits = self._forward_backward(inputs, labels)
+                if self.world is None and self.check_every == 1 and not math.isfinite(loss.item()):
+                    raise NonFiniteError(self._diagnose(batch, loss.item(), self.step + 1))  # before the update
+                if self.world is not None:
+                    global_loss, stop = self.world.allreduce_step(
+                        self.optimizer_parameters, len(labels) / len(batch.labels), loss.item(),
+                        self._stop_requested)
+                    if not math.isfinite(global_loss):  # every rank sees the same value and stops here
+                        raise NonFiniteError(self._diagnose(batch, global_loss, self.step + 1))
+                    self._stop_requested = stop
+                self.scaler.step(self.optimizer)  # optimizer.step(), unless fp16 gradients overflowed
+                self.scaler.update()
             if self.ema is not None:
                 self.ema.update()
             if self.step_scheduler_each_step:

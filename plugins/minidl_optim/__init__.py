@@ -26,7 +26,11 @@ class SGD(Optimizer):
 
     ``params, lr, momentum`` may be positional, as in PyTorch; the rest are
     keyword-only (PyTorch's fourth positional is ``dampening``, not ours).
+    On a GPU each parameter's update is one kernel, which reads the learning
+    rate from device memory (so a CUDA graph can replay it).
     """
+
+    capturable = True
 
     def __init__(self, params, lr: float = 0.01, momentum: float = 0.0, *, weight_decay: float = 0.0,
                  nesterov: bool = False, dampening: float = 0.0, form: str = "pytorch"):
@@ -40,11 +44,14 @@ class SGD(Optimizer):
         super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov,
                                       dampening=dampening, form=form))
 
+    def hyperparameters(self, group):
+        return (group["lr"],)
+
     def update(self, param, grad, state, group):
         w = param.data
         lr, mu, wd = group["lr"], group["momentum"], group["weight_decay"]
-        if mu and get_array_module(w) is not numpy:  # one kernel per parameter instead of about five launches
-            _sgd_cuda(w, grad, state, group)
+        if get_array_module(w) is not numpy:  # one kernel per parameter instead of about five launches
+            _sgd_cuda(w, grad, state, group, self.device_hyperparameters(group, param.device))
             return
         if group["form"] == "paper":
             v = state.get("velocity")
@@ -68,9 +75,16 @@ class SGD(Optimizer):
 
 
 class Adam(Optimizer):
-    """Adam (Kingma & Ba) with optional L2 weight decay added to the gradient, as PyTorch's Adam."""
+    """Adam (Kingma & Ba) with optional L2 weight decay added to the gradient, as PyTorch's Adam.
+
+    Each parameter counts its own steps (``state["step"]``), as in PyTorch. On a GPU the update is one
+    kernel per parameter, reading the learning rate and the bias corrections from device memory; those
+    are the group's, so a CUDA graph can replay the step while every parameter of a group has taken the
+    same number of steps (the usual case).
+    """
 
     decoupled = False
+    capturable = True
 
     def __init__(self, params, lr: float = 1e-3, betas: tuple = (0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.0):
@@ -79,23 +93,54 @@ class Adam(Optimizer):
             raise ValueError(f"{type(self).__name__.lower()}: invalid lr={lr}, betas={betas}, eps={eps} "
                              f"or weight_decay={weight_decay}")
         super().__init__(params, dict(lr=lr, betas=(float(b1), float(b2)), eps=eps, weight_decay=weight_decay))
+        self._shared_step = {}  # id(group) -> the step count its device corrections are for
+
+    def prepare_step(self):
+        for group in self.param_groups:  # count the step of each parameter that will be updated
+            for p in group["params"]:
+                if p.grad is not None:
+                    state = self.state.setdefault(id(p), {})
+                    if "exp_avg" not in state:
+                        state["step"] = 0
+                        state["exp_avg"] = p.data * 0
+                        state["exp_avg_sq"] = p.data * 0
+                    state["step"] += 1
+        super().prepare_step()
+
+    def _corrections(self, group, t):
+        """(lr, step size, sqrt of the second moment's bias correction) at step ``t``."""
+        lr, (b1, b2) = group["lr"], group["betas"]
+        return lr, lr / (1.0 - b1 ** t), math.sqrt(1.0 - b2 ** t)
+
+    def _group_steps(self, group) -> set:
+        return {self.state[id(p)]["step"] for p in group["params"] if id(p) in self.state}
+
+    def hyperparameters(self, group):
+        steps = self._group_steps(group)
+        self._shared_step[id(group)] = max(steps, default=None)
+        return self._corrections(group, max(steps)) if steps else ()
+
+    def capture_refusal(self):
+        for index, group in enumerate(self.param_groups):
+            if len(self._group_steps(group)) > 1:
+                return (f"{type(self).__name__}: the parameters of group {index} have taken different numbers of "
+                        "steps, and a captured step reads one bias correction per group")
+        return super().capture_refusal()
 
     def update(self, param, grad, state, group):
         w = param.data
-        lr, (b1, b2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
-        if "exp_avg" not in state:
-            state["step"] = 0
-            state["exp_avg"] = w * 0
-            state["exp_avg_sq"] = w * 0
-        state["step"] += 1
+        (b1, b2), eps, wd = group["betas"], group["eps"], group["weight_decay"]
         t = state["step"]
         m, v = state["exp_avg"], state["exp_avg_sq"]
-        step_size, correction2 = lr / (1.0 - b1 ** t), math.sqrt(1.0 - b2 ** t)
+        lr, step_size, correction2 = self._corrections(group, t)
         if get_array_module(w) is not numpy:  # the decay and the step in one kernel
+            hyper = self.device_hyperparameters(group, param.device)
+            if t != self._shared_step[id(group)]:  # this parameter missed steps: its own corrections
+                hyper = param.device.xp.asarray([lr, step_size, correction2], dtype=numpy.float64)
             elementwise_kernel(
-                "T grad, float64 lr, float64 wd, bool decoupled, float64 step_size, float64 correction2, "
-                "float64 b1, float64 b2, float64 eps", "T w, T m, T v", _ADAM, "minidl_adam", _WIDE,
-            )(grad, lr, wd, self.decoupled, step_size, correction2, b1, b2, eps, w, m, v)
+                "T grad, raw float64 hyper, float64 wd, bool decoupled, float64 b1, float64 b2, float64 eps",
+                "T w, T m, T v", _ADAM, "minidl_adam", _WIDE,
+            )(grad, hyper, wd, self.decoupled, b1, b2, eps, w, m, v)
             return
         if wd:
             if self.decoupled:
@@ -123,12 +168,22 @@ class AdamW(Adam):
 # CUDA: each update is one elementwise kernel per parameter, doing in registers what the NumPy code above
 # does in array passes (its reference: tests/plugins/test_optim_kernels.py). The arithmetic runs in float32
 # (float64 for float64 parameters), also for float16 and bfloat16 ones, and each value is stored once.
+# Values that change from step to step come from the device array ``hyper`` (Optimizer.prepare_step
+# writes it): SGD's learning rate; Adam's learning rate, step size and bias correction.
 _WIDE = """
 template <typename T> struct minidl_wide { typedef float type; };
 template <> struct minidl_wide<double> { typedef double type; };
 """
+_SGD_PLAIN = """
+    typedef typename minidl_wide<T>::type A;
+    const double lr = hyper[0];
+    A weight = (A)w, g = (A)grad;
+    if (wd != 0.0) g += (A)wd * weight;
+    w = (T)(weight - (A)lr * g);
+"""
 _SGD_PYTORCH = """
     typedef typename minidl_wide<T>::type A;
+    const double lr = hyper[0];
     A weight = (A)w, g = (A)grad;
     if (wd != 0.0) g += (A)wd * weight;
     A b = first ? g : (A)mu * (A)buf + (A)(1.0 - dampening) * g;
@@ -137,12 +192,14 @@ _SGD_PYTORCH = """
 """
 _SGD_PAPER = """
     typedef typename minidl_wide<T>::type A;
+    const double lr = hyper[0];
     A weight = (A)w, v = (A)mu * (A)buf - (A)(wd * lr) * weight - (A)lr * (A)grad;
     buf = (T)v;
     w = (T)(weight + v);
 """
 _ADAM = """
     typedef typename minidl_wide<T>::type A;
+    const double lr = hyper[0], step_size = hyper[1], correction2 = hyper[2];
     A weight = (A)w, g = (A)grad;
     if (wd != 0.0) {
         if (decoupled) weight *= (A)(1.0 - lr * wd);
@@ -155,23 +212,27 @@ _ADAM = """
 """
 
 
-def _sgd_cuda(w, grad, state, group):
-    """SGD with momentum on a GPU: the buffer and the weight updated by one kernel."""
+def _sgd_cuda(w, grad, state, group, hyper):
+    """SGD on a GPU: the weight (and the momentum buffer) updated by one kernel; the lr is ``hyper[0]``."""
     xp = get_array_module(w)
-    lr, mu, wd = group["lr"], group["momentum"], group["weight_decay"]
+    mu, wd = group["momentum"], group["weight_decay"]
+    if not mu:  # both forms are w <- w - lr * (g + wd * w) without momentum
+        elementwise_kernel("T grad, raw float64 hyper, float64 wd", "T w", _SGD_PLAIN, "minidl_sgd_plain",
+                           _WIDE)(grad, hyper, wd, w)
+        return
     if group["form"] == "paper":
         if "velocity" not in state:
             state["velocity"] = xp.zeros_like(w)
-        elementwise_kernel("T grad, float64 lr, float64 mu, float64 wd", "T w, T buf", _SGD_PAPER,
-                           "minidl_sgd_paper", _WIDE)(grad, lr, mu, wd, w, state["velocity"])
+        elementwise_kernel("T grad, raw float64 hyper, float64 mu, float64 wd", "T w, T buf", _SGD_PAPER,
+                           "minidl_sgd_paper", _WIDE)(grad, hyper, mu, wd, w, state["velocity"])
         return
     first = "momentum_buffer" not in state
     if first:
         state["momentum_buffer"] = xp.empty_like(w)
     elementwise_kernel(
-        "T grad, float64 lr, float64 mu, float64 wd, float64 dampening, bool nesterov, bool first", "T w, T buf",
-        _SGD_PYTORCH, "minidl_sgd", _WIDE)(grad, lr, mu, wd, group["dampening"], group["nesterov"], first, w,
-                                    state["momentum_buffer"])
+        "T grad, raw float64 hyper, float64 mu, float64 wd, float64 dampening, bool nesterov, bool first",
+        "T w, T buf", _SGD_PYTORCH, "minidl_sgd", _WIDE)(grad, hyper, mu, wd, group["dampening"], group["nesterov"],
+                                                  first, w, state["momentum_buffer"])
 
 
 @minidl.hookimpl

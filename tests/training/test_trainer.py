@@ -58,30 +58,32 @@ def test_handle_sigint_finishes_the_step_checkpoints_and_restores_the_handler(ti
     assert trainer.step == 2 and list_checkpoints(tmp_path / "run" / "checkpoints")
 
 
-@pytest.mark.parametrize("precision", ["fp32", "fp16"])
-def test_no_gpu_reads_between_metric_reads(precision, tiny, cuda):
-    # a GPU training step copies nothing to the host and never waits for the GPU; the trainer reads the
-    # loss and accuracy every check_every steps (the backend counts every read and wait)
+@pytest.mark.parametrize("precision, cuda_graph", [("fp32", "off"), ("fp16", "off"), ("fp32", "on")])
+def test_no_gpu_reads_between_metric_reads(precision, cuda_graph, tiny, cuda):
+    # a GPU training step copies nothing to the host and never waits for the GPU, eager or replayed from a
+    # CUDA graph; the trainer reads the loss and accuracy every check_every steps (the backend counts every
+    # read and wait). prepare_step is the optimizer's host half, which runs once per step either way.
     from minidl import backend
 
     model, data = tiny
     trainer = prepare(str(model), data=str(data), steps=12, progress=False, workers=1, device=cuda,
-                      precision=precision)
+                      precision=precision, cuda_graph=cuda_graph)
     trainer.check_every = 4
     reads = []
-    step = trainer.optimizer.step
+    prepare_step = trainer.optimizer.prepare_step
 
     def counting_step():
-        step()
+        prepare_step()
         reads.append(backend.device_reads())
 
-    trainer.optimizer.step = counting_step
+    trainer.optimizer.prepare_step = counting_step
     trainer.fit()
     deltas = [{k: b[k] - a[k] for k in a} for a, b in zip(reads, reads[1:])]
     for i, delta in enumerate(deltas, start=2):  # between step i - 1's update and step i's
         if (i - 1) % 4:
             assert delta == {"host_reads": 0, "synchronizations": 0}, (i, delta)
     assert any(d["host_reads"] for d in deltas)  # the metric reads are counted
+    assert len(reads) == 12 and (trainer.step_graph.replays > 0) == (cuda_graph == "on")
 
 
 def test_evaluation_on_a_gpu_reads_back_once_not_per_batch(tiny, cuda):
