@@ -2,6 +2,8 @@
 # The GPU session's one prepared run (issue 13): environment, the cuda test selection, the AlexNet benchmark
 # against PyTorch + cuDNN with a profile, all logged under $OUT. From the repository root on the lent machine:
 #   bash benchmarks/gpu_check.sh [quick]      (quick: tests and batch 128 only)
+#   bash benchmarks/gpu_check.sh graphs       (issue 15: alexnet-mini and AlexNet steps with and without CUDA graphs,
+#                                              then the main job on the GPU if Fashion-MNIST travelled in .data/)
 set -uo pipefail
 export PYTHONPATH=$PWD:$PWD/plugins PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/gpu-check}
@@ -21,6 +23,18 @@ fi
   git log -1 --format='commit %H %s' 2>/dev/null || true
 } > "$OUT/env.txt" 2>&1
 cat "$OUT/env.txt"
+if [ "${1:-}" = graphs ]; then
+  graph_bench() { timeout 240 python benchmarks/bench_gpu.py --steps 50 "$@" 2>&1 | tee -a "$OUT/graphs.log"; }
+  graph_bench --models alexnet-mini --batches 128 --modes fp32 --json "$OUT/mini-eager.json"
+  graph_bench --models alexnet-mini --batches 128 --modes fp32 --frameworks minidl --cuda-graph --json "$OUT/mini-graph.json"
+  graph_bench --models alexnet --batches 128 --modes fp32 --frameworks minidl --cuda-graph --json "$OUT/alexnet-graph.json"
+  # the main job on the GPU: Fashion-MNIST's four IDX files copied beforehand into .data/fashion-mnist (carry .data)
+  if [ -f .data/fashion-mnist/train-images-idx3-ubyte.gz ]; then
+    /usr/bin/time -v timeout 400 python -m minidl.cli train models/alexnet-mini.yaml --device cuda:0 \
+      --data .data/fashion-mnist --out /tmp/mainjob --no-progress 2>&1 | tee "$OUT/mainjob.log" | grep -v "^\s" | tail -30
+  fi
+  exit 0
+fi
 # every test that has a cuda:0 case, plus the kernel-vs-NumPy and no-host-read checks (named cuda or gpu)
 timeout 300 python -m pytest -q -n 12 -p no:cacheprovider -k "cuda or gpu" tests 2>&1 | tail -60 > "$OUT/tests.log"
 tail -5 "$OUT/tests.log"
