@@ -3,6 +3,10 @@
 All three share the forward pass and the weight gradient: the receptive
 fields are copied into channels-last columns (:class:`~minidl.functions.im2col.ConvGeometry`)
 and each group is one GEMM; the weight gradient reuses the forward's columns.
+On the CPU the forward's columns are kept for the weight gradient; on a GPU
+they are not (they are kh*kw times the input: AlexNet's would hold about
+2 GB at batch 128), and the weight gradient gathers them again, one kernel.
+
 They differ in the input gradient:
 
 * ``im2col_gemm`` (the reference; every convolution): one GEMM per group to
@@ -19,12 +23,19 @@ from __future__ import annotations
 
 import functools
 
+import numpy
+
 from minidl.backend import get_array_module
 from minidl.cpu import scratch
 from minidl.functions import ConvAlgorithm, ConvProblem, Window
 from minidl.functions.im2col import ConvGeometry, per_group_matmul
 
-__all__ = ["Im2colGemm", "Im2colTapFold", "Im2colFlip", "flipped_problem", "flipped_kernels"]
+__all__ = ["Im2colGemm", "Im2colTapFold", "Im2colFlip", "flipped_problem", "flipped_kernels", "keeps_columns"]
+
+
+def keeps_columns(xp) -> bool:
+    """Whether the forward keeps its columns for the weight gradient: on the CPU (time), not on a GPU (memory)."""
+    return xp is numpy
 
 
 @functools.lru_cache(maxsize=512)
@@ -41,7 +52,7 @@ class Im2colGemm(ConvAlgorithm):
     def workspace_bytes(self, problem):
         n, c, h, w = problem.x_shape
         (oh, ow), (kh, kw) = problem.output_hw, problem.w_shape[2:]
-        return n * oh * ow * kh * kw * c * problem.dtype.itemsize  # the columns (kept for the weight gradient)
+        return n * oh * ow * kh * kw * c * problem.dtype.itemsize  # the columns (kept for the weight gradient on a CPU)
 
     def forward(self, x, W, problem):
         xp = get_array_module(x, W)
@@ -49,7 +60,7 @@ class Im2colGemm(ConvAlgorithm):
         col = geo.columns(x)  # (G, N*oh*ow, kh*kw*C/G)
         y = geo.empty_output(W.shape[0], problem.dtype, xp)  # (N*oh*ow, G, O/G)
         per_group_matmul(col, geo.weight_matrix(W), y.transpose(1, 0, 2), transpose_b=True)
-        return geo.output(y), col
+        return geo.output(y), col if keeps_columns(xp) else None
 
     def grad_input(self, gy, W, problem):
         xp = get_array_module(gy, W)
