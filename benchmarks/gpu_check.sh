@@ -6,8 +6,12 @@ set -uo pipefail
 export PYTHONPATH=$PWD:$PWD/plugins PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/gpu-check}
 mkdir -p "$OUT"
+# the optional cudnn conv algorithm: nvidia-cudnn-frontend from a wheel carried in wheels/ (libcudnn itself comes
+# with PyTorch's nvidia-cudnn package there); without one its cuda tests skip
+ls wheels/nvidia_cudnn_frontend-*.whl >/dev/null 2>&1 && pip install -q --no-deps wheels/nvidia_cudnn_frontend-*.whl
 {
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
+  python -c "import cudnn; print('cudnn frontend', cudnn.__version__, 'library', cudnn.backend_version())" 2>/dev/null || echo "cudnn frontend: not installed, or libcudnn not found"
   python -c "import cupy, numpy, torch; print('cupy', cupy.__version__, 'numpy', numpy.__version__, 'torch', torch.__version__, 'cuda runtime', cupy.cuda.runtime.runtimeGetVersion())"
   git log -1 --format='commit %H %s' 2>/dev/null || true
 } > "$OUT/env.txt" 2>&1
