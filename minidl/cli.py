@@ -19,6 +19,9 @@ def _cmd_plugins(args) -> int:
     except Exception as e:  # a name clash: still list what loaded, then fail
         errors.append(str(e))
     plugins = [info.as_dict() for info in manager.plugins.values()]
+    inactive = _inactive_conv_algorithms()
+    for info in plugins:  # registered, but unable to compute anything here (a package or a GPU missing)
+        info["inactive"] = {n: inactive[n] for n in info["registered"].get("conv_algorithms", ()) if n in inactive}
     if args.json:
         print(json.dumps({"plugins": plugins, "errors": errors}, indent=2, sort_keys=True))
     else:
@@ -28,9 +31,28 @@ def _cmd_plugins(args) -> int:
             for kind, names in info["registered"].items():
                 if names:
                     print(f"    {kind}: {', '.join(names)}")
+            for name, reason in info["inactive"].items():
+                print(f"    not usable here: {name}: {reason}")
         for error in errors:
             print(f"error: {error}", file=sys.stderr)
     return 1 if errors else 0
+
+
+def _inactive_conv_algorithms() -> dict:
+    """name -> why, for the conv algorithms that compute nothing in this environment (``unavailable()``)."""
+    from .functions.conv_algorithm import conv_algorithms
+
+    try:
+        algorithms = conv_algorithms()
+    except Exception:  # a name clash: already reported by the caller
+        return {}
+    inactive = {}
+    for name, algorithm in algorithms.items():
+        check = getattr(algorithm, "unavailable", None)  # optional for algorithms that do not subclass
+        reason = check() if callable(check) else None
+        if reason:
+            inactive[name] = str(reason)
+    return inactive
 
 
 def _cmd_summary(args) -> int:

@@ -39,6 +39,7 @@ BUILTIN_PLUGINS = (
     "minidl_data",
     "minidl_strategies",
     "minidl_conv",
+    "minidl_cudnn",  # optional: refuses every convolution, saying why, without nvidia-cudnn-frontend and a GPU
 )
 
 

@@ -31,6 +31,9 @@ settles the algorithm once and caches it:
    im2col_gemm     0     every convolution (the reference)
    ==============  ====  ===============================================================
 
+   The optional ``cudnn`` algorithm (``plugins/minidl_cudnn``, ``pip install 'minidl[cudnn]'``)
+   ranks 10 on CUDA devices for every convolution cuDNN builds, and is never used on the CPU.
+
 ``use_deterministic_algorithms(True)`` limits every choice to algorithms
 that give bit-identical results run to run (``ConvAlgorithm.deterministic``);
 forcing another is then an error.
@@ -154,6 +157,12 @@ class ConvAlgorithm:
 
     def unsupported(self, problem: ConvProblem) -> str | None:
         """None when this algorithm computes ``problem``, else a short reason ("stride 4: needs 1")."""
+        return None
+
+    def unavailable(self) -> str | None:
+        """Optional: why this algorithm computes nothing at all in this environment (a package, a library or
+        a device missing), or None. ``minidl plugins`` shows it; :meth:`unsupported` must refuse every
+        problem while it is not None."""
         return None
 
     def priority(self, problem: ConvProblem) -> float | None:
