@@ -16,7 +16,7 @@ import numpy
 
 from .idx import FASHION_MNIST_DIR, read_idx
 
-__all__ = ["ArrayDataset", "Subset", "fashion_mnist", "mnist", "npz_dataset", "FASHION_MNIST_CLASSES"]
+__all__ = ["ArrayDataset", "Subset", "fashion_mnist", "mnist", "npz_dataset", "in_memory", "FASHION_MNIST_CLASSES"]
 
 FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
                          "Bag", "Ankle boot")
@@ -152,3 +152,18 @@ class Subset:
             return lambda indices, windows, out: self.dataset.read_windows(
                 self.indices[numpy.asarray(indices, dtype=numpy.int64)], windows, out)
         raise AttributeError(name)
+
+
+def in_memory(dataset):
+    """``(images (N, C, H, W), labels (N,) int64, rows)`` of a dataset held in memory as whole arrays (an
+    :class:`ArrayDataset`, or a :class:`Subset` of one: its item ``i`` is row ``rows[i]``; ``rows`` is None
+    for the identity), or None for any other dataset. The loader copies such arrays to a GPU once."""
+    if isinstance(dataset, Subset):
+        inner = in_memory(dataset.dataset)
+        if inner is None:
+            return None
+        images, labels, rows = inner
+        return images, labels, dataset.indices if rows is None else rows[dataset.indices]
+    if isinstance(dataset, ArrayDataset):
+        return dataset.images, dataset.labels, None
+    return None

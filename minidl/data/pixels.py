@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy
 
 from ..backend import device_of_array, get_array_module, transfer
+from . import staging
 from .statistics import dataset_statistics
 from .transforms import Transform, to_float
 
@@ -25,7 +26,11 @@ IMAGENET_EIGVEC = ((-0.5675, 0.7192, 0.4009), (-0.5808, -0.0045, -0.8140), (-0.5
 
 
 class _OnDevice:
-    """Host arrays copied to each device once, on first use there (not per batch)."""
+    """Host arrays copied to each device once, on first use there (not per batch).
+
+    On a GPU the copy is made on the current stream of whichever loader worker asks first; every later
+    use makes its own stream wait on the event recorded after that copy (no host wait).
+    """
 
     def __init__(self):
         self._copies = {}
@@ -33,9 +38,14 @@ class _OnDevice:
     def get(self, name: str, host, like):
         device = device_of_array(like)
         key = (name, device)
-        if key not in self._copies:
-            self._copies[key] = transfer(host, device)
-        return self._copies[key]
+        copy = self._copies.get(key)
+        if copy is None:
+            array = transfer(host, device)
+            copy = self._copies[key] = array, (staging.record(device) if device.is_cuda else None)
+        array, copied = copy
+        if copied is not None:
+            staging.wait(device, copied)
+        return array
 
     def clear(self):
         self._copies.clear()

@@ -71,6 +71,12 @@ class Windows:
         return Windows(*(numpy.repeat(a, n, axis=0) for a in (self.source, self.top, self.left, self.flip,
                                                               self.valid)), self.height, self.width)
 
+    def over(self, rows) -> "Windows":
+        """The same windows cut from a larger array: source ``b`` becomes its row ``rows[b]`` (a batch's
+        windows taken straight from a whole in-memory dataset)."""
+        return Windows(numpy.asarray(rows, numpy.int64)[self.source], self.top, self.left, self.flip, self.valid,
+                       self.height, self.width)
+
     def outputs_of(self, b: int):
         """The output positions that read source ``b`` (the loader fills them as ``b`` is decoded)."""
         return numpy.flatnonzero(self.source == b)

@@ -111,3 +111,17 @@ def test_gather_on_a_device_equals_the_host(device):
     windows = HorizontalFlip().plan(RandomCrop(9, padding=2).plan(Windows.whole(4, 12, 10), rng), rng)
     there = gather(windows, mdl.tensor(images, device=device).data)
     np.testing.assert_array_equal(mdl.tensor(there).numpy(), gather(windows, images))
+
+
+@given(pipelines(), st.integers(0, 2 ** 16))
+def test_windows_over_rows_of_a_larger_array_equal_the_batch_they_name(case, seed):
+    # a resident dataset's batch: the plan made for the batch, cut straight from the whole array
+    images, steps = case
+    rng = np.random.default_rng(seed)
+    rows = rng.permutation(len(images) + 5)[:len(images)]
+    whole = rng.integers(1, 256, (len(images) + 5,) + images.shape[1:], dtype=np.uint8)
+    whole[rows] = images
+    windows = Windows.whole(len(images), *images.shape[2:])
+    for s in steps:
+        windows = transform(*s).plan(windows, np.random.default_rng(5))
+    np.testing.assert_array_equal(gather(windows.over(rows), whole), gather(windows, images))
