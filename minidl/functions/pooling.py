@@ -53,20 +53,15 @@ def _window_sources(win: Window, padded_shape, channels_last: bool, winner, firs
 
 
 # CUDA: one thread per output (forward) or input element (backward), no atomics. Windows are read from
-# the unpadded input; `source` holds the same flat storage index into the padded input as the NumPy path.
+# the unpadded input; the forward keeps the winning tap a * KW + b of each window (one byte), where the NumPy
+# path keeps a flat index into the padded input (MaxPool2d.sources() gives that index on either device).
 _WINDOW_PARAMS = ("int32 N, int32 C, int32 H, int32 W, int32 OH, int32 OW, int32 KH, int32 KW, int32 SY, int32 SX, "
                   "int32 PH, int32 PW, int32 DY, int32 DX, int32 HP, int32 WP, bool CL")
-_PADDED_INDEX = """
-__device__ long long padded_index(bool CL, long long n, long long c, long long yp, long long xp,
-                                  long long C, long long HP, long long WP) {
-    return CL ? ((n * HP + yp) * WP + xp) * C + c : ((n * C + c) * HP + yp) * WP + xp;
-}
-"""
 _MAX_POOL_FORWARD = """
     int ox = i % OW, t = i / OW, oy = t % OH; t /= OH;
     int c = t % C, n = t / C;
     double best = 0.0;
-    long long src = -1;
+    int k = -1;
     for (int a = 0; a < KH; ++a) {
         int yp = oy * SY + a * DY, yy = yp - PH;
         for (int b = 0; b < KW; ++b) {
@@ -76,20 +71,19 @@ _MAX_POOL_FORWARD = """
                 ptrdiff_t at[] = {n, c, yy, xx};
                 v = (double)x[at];
             }
-            if (src < 0 || v > best || (v != v && best == best)) {  // the first maximum wins (NaN: the first NaN)
+            if (k < 0 || v > best || (v != v && best == best)) {  // the first maximum wins (NaN: the first NaN)
                 best = v;
-                src = padded_index(CL, n, c, yp, xp, C, HP, WP);
+                k = a * KW + b;
             }
         }
     }
     y = (T)best;
-    source = src;
+    tap = (S)k;
 """
 _MAX_POOL_BACKWARD = """
     int xx = i % W, t = i / W, yy = t % H; t /= H;
     int c = t % C, n = t / C;
     int yp = yy + PH, xp = xx + PW;
-    long long mine = padded_index(CL, n, c, yp, xp, C, HP, WP);
     double total = 0.0;
     for (int a = 0; a < KH; ++a) {
         int r = yp - a * DY;
@@ -102,34 +96,38 @@ _MAX_POOL_BACKWARD = """
             int ox = q / SX;
             if (ox >= OW) continue;
             ptrdiff_t at[] = {n, c, oy, ox};
-            if (source[at] == mine) total += (double)gy[at];
+            if ((int)tap[at] == a * KW + b) total += (double)gy[at];  // this element won that window
         }
     }
     gx = (T)total;
 """
 
 
+def _tap_dtype(win: Window):
+    """The smallest integer type that numbers a window's taps."""
+    return numpy.uint8 if win.kh * win.kw <= 255 else numpy.int32
+
+
 def _max_pool_cuda(x, win: Window, out_hw, padded_hw, channels_last: bool):
-    """(y, source) of max pooling on a GPU: y in x's storage order, source flat in y's storage order."""
+    """(y, winner) of max pooling on a GPU, both in x's storage order: winner is the tap (a * kw + b) of each
+    window's first maximum, one byte for windows up to 255 taps (a flat index would take eight)."""
     xp = get_array_module(x)
     n, c, h, w = x.shape
     y = empty_nchw(xp, (n, c) + tuple(out_hw), x.dtype, channels_last)
-    source = xp.empty(y.size, dtype=numpy.int64)
-    kernel = elementwise_kernel("raw T x, " + _WINDOW_PARAMS, "T y, int64 source", _MAX_POOL_FORWARD,
-                                "minidl_max_pool_forward", preamble=_PADDED_INDEX)
-    kernel(x, *_window_args(x.shape, win, out_hw, padded_hw, channels_last), y,
-           from_storage(source, y.shape, channels_last))
-    return y, source
+    winner = empty_nchw(xp, y.shape, _tap_dtype(win), channels_last)
+    kernel = elementwise_kernel("raw T x, " + _WINDOW_PARAMS, "T y, S tap", _MAX_POOL_FORWARD,
+                                "minidl_max_pool_forward")
+    kernel(x, *_window_args(x.shape, win, out_hw, padded_hw, channels_last), y, winner)
+    return y, winner
 
 
-def _max_pool_grad_cuda(gy, source, win: Window, x_shape, padded_hw, channels_last: bool):
-    """The input gradient of max pooling on a GPU, gathered per input element (no atomics)."""
+def _max_pool_grad_cuda(gy, winner, win: Window, x_shape, padded_hw, channels_last: bool):
+    """The input gradient of max pooling on a GPU, gathered per input element from the winning taps (no atomics)."""
     xp = get_array_module(gy)
     gx = empty_nchw(xp, x_shape, gy.dtype, channels_last)
-    kernel = elementwise_kernel("raw T gy, raw int64 source, " + _WINDOW_PARAMS, "T gx", _MAX_POOL_BACKWARD,
-                                "minidl_max_pool_backward", preamble=_PADDED_INDEX)
-    kernel(gy, from_storage(source, gy.shape, channels_last),
-           *_window_args(x_shape, win, gy.shape[2:], padded_hw, channels_last), gx)
+    kernel = elementwise_kernel("raw T gy, raw S tap, " + _WINDOW_PARAMS, "T gx", _MAX_POOL_BACKWARD,
+                                "minidl_max_pool_backward")
+    kernel(gy, winner, *_window_args(x_shape, win, gy.shape[2:], padded_hw, channels_last), gx)
     return gx
 
 
@@ -160,9 +158,10 @@ class MaxPool2d(Function):
         self.channels_last = is_channels_last(x)
         if not (self.channels_last or x.flags.c_contiguous):
             x = xp.ascontiguousarray(x)  # flat indices need one of the two storage orders
+        self.source = self.winner = None
         if xp is not numpy:
             self.padded_shape = (n, c) + self.win.padded_hw(h, w, oh, ow)
-            best, self.source = _max_pool_cuda(x, self.win, (oh, ow), self.padded_shape[2:], self.channels_last)
+            best, self.winner = _max_pool_cuda(x, self.win, (oh, ow), self.padded_shape[2:], self.channels_last)
             return best
         padded = pad_hw(x, self.win, oh, ow, low)
         best = empty_nchw(xp, (n, c, oh, ow), x.dtype, self.channels_last)
@@ -191,33 +190,44 @@ class MaxPool2d(Function):
         self.padded_shape = padded.shape
         return best
 
+    def sources(self):
+        """The flat storage index, into the padded input, of each window's winner (in the output's storage order)."""
+        if self.source is not None:
+            return self.source
+        return _window_sources(self.win, self.padded_shape, self.channels_last, self.winner)
+
     def backward(self, gy):
-        return MaxPool2dGrad(self.win, self.source, self.padded_shape, self.inputs[0].shape, self.channels_last)(gy)
+        return MaxPool2dGrad(self.win, self.source, self.padded_shape, self.inputs[0].shape, self.channels_last,
+                             winner=self.winner)(gy)
 
     def release(self):
-        self.source = None
+        self.source = self.winner = None
 
 
 class MaxPool2dGrad(Function):
     """Route each output gradient to the input element that won its window (adding where windows overlap)."""
 
-    def __init__(self, win: Window, source, padded_shape, x_shape, channels_last: bool):
+    def __init__(self, win: Window, source, padded_shape, x_shape, channels_last: bool, winner=None):
         self.win = win
-        self.source = source  # flat storage index of each output's winner in the padded input
+        self.source = source  # flat storage index of each output's winner in the padded input (CPU), or None
+        self.winner = winner  # the winning tap of each window (GPU), or None
         self.padded_shape = padded_shape
         self.x_shape = x_shape
         self.channels_last = channels_last
 
     def forward(self, gy):
-        if get_array_module(gy) is not numpy:
-            return _max_pool_grad_cuda(gy, self.source, self.win, self.x_shape, self.padded_shape[2:],
+        if self.winner is not None:
+            return _max_pool_grad_cuda(gy, self.winner, self.win, self.x_shape, self.padded_shape[2:],
                                        self.channels_last)
         gx = scatter_add(int(numpy.prod(self.padded_shape)), self.source, _flat(gy, self.channels_last))
         gx = from_storage(gx, self.padded_shape, self.channels_last)
         return crop_hw(gx, self.win, *self.x_shape[2:])
 
     def backward(self, ggx):
-        return _MaxPool2dSelect(self.win, self.source, self.padded_shape, self.inputs[0].shape[2:],
+        source = self.source
+        if source is None:  # double backward on a GPU: the flat indices, made from the taps
+            source = _window_sources(self.win, self.padded_shape, self.channels_last, self.winner)
+        return _MaxPool2dSelect(self.win, source, self.padded_shape, self.inputs[0].shape[2:],
                                 self.channels_last)(ggx)
 
 

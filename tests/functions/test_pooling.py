@@ -156,7 +156,8 @@ def test_pool_dtype_kept(name, dtype, device, rng):
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
 def test_max_pool_cuda_kernels_match_the_numpy_path(kwargs, channels_last, dtype, cuda, rng):
-    # the same values, the same winners (flat indices into the padded input) and the same gradient
+    # the same values, the same winners (flat indices into the padded input; a GPU keeps each window's tap, in one
+    # byte) and the same gradient
     x = spread_apart(rng.standard_normal((2, 5, 13, 11))).astype(dtype)
     if channels_last:
         x = channels_last_copy(x)
@@ -164,7 +165,7 @@ def test_max_pool_cuda_kernels_match_the_numpy_path(kwargs, channels_last, dtype
     for device in ("cpu", cuda):
         t = mdl.tensor(x, device=device, requires_grad=True)
         y = F.max_pool2d(t, **kwargs)
-        source = mdl.tensor(y.creator.source).numpy()
+        source = mdl.tensor(y.creator.sources()).numpy()
         gy = np.linspace(-1, 1, y.size, dtype=dtype).reshape(y.shape)
         y.backward(mdl.tensor(gy, device=device))
         results.append((y.numpy(), source, t.grad.numpy()))
@@ -172,3 +173,6 @@ def test_max_pool_cuda_kernels_match_the_numpy_path(kwargs, channels_last, dtype
     np.testing.assert_array_equal(y1, y0)
     np.testing.assert_array_equal(s1, s0)
     np.testing.assert_allclose(g1.astype(np.float64), g0.astype(np.float64), rtol=2e-3, atol=2e-3)
+    # what a GPU keeps for backward: one byte per output
+    y = F.max_pool2d(mdl.tensor(x, device=cuda, requires_grad=True), **kwargs)
+    assert y.creator.winner.dtype == np.uint8 and y.creator.source is None
