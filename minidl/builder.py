@@ -10,6 +10,10 @@ A model file::
       - {type: flatten}
       - {type: linear, out_features: 10}
 
+A relu layer right after a conv2d or linear layer runs inside that layer's
+op (see :attr:`Model.fuse_activations`); it stays a layer of its own in
+the model's layers, summary and errors.
+
 Every layer runs on the previous layer's output unless it names its
 ``inputs:`` (layer names, or ``input`` for the model input), which gives a
 graph: two columns joined by ``{type: concat, inputs: [a, b]}``, or a
@@ -38,12 +42,18 @@ from .spec import ModelError, check_params, schema_of, where
 from .tensor import Tensor, tensor
 from .yaml_loader import LocatedDict, YamlError, load_yaml, plain
 
-__all__ = ["build_model", "load_spec", "Model", "LayerNode", "ModelError", "TOP_LEVEL_KEYS", "LAYER_KEYS"]
+__all__ = ["build_model", "load_spec", "Model", "LayerNode", "ModelError", "TOP_LEVEL_KEYS", "LAYER_KEYS",
+           "FUSE_ACTIVATIONS", "fused_activation"]
 
 TOP_LEVEL_KEYS = ("name", "input", "layers", "output", "devices", "strategy", "train")
 LAYER_KEYS = ("type", "name", "inputs", "split")  # keys the builder itself reads; the rest go to the layer
 SPLIT_MODES = ("data", "model", "home")  # a layer's `split:` annotation overrides its strategy's choice
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
+# Whether a sequential model runs a relu layer inside the conv2d or linear layer before it, by device type,
+# when Model.fuse_activations is None. On the CPU an alexnet-mini training step (batch 128) was not slower
+# fused (about 2 % faster; python benchmarks/bench_fusion.py, docs/benchmarks.md) and keeps one activation
+# less per pair. On a GPU: one kernel instead of two forward, two launches instead of four backward.
+FUSE_ACTIVATIONS = {"cpu": True, "cuda": True}
 
 
 @dataclass
@@ -67,6 +77,17 @@ class Model(Module):
     ``model.nodes`` lists the layers in order (:class:`LayerNode`),
     ``model.input_shape`` is the per-sample input shape, ``model.spec`` the
     validated spec (with ``train:`` if the file had one).
+
+    ``model.fuse_activations``: whether a sequential model runs each relu
+    layer that directly follows a conv2d or linear layer inside that layer's
+    op (:func:`minidl.functions.bias_relu`: the bias add and the ReLU in one
+    pass, one activation kept for the backward instead of two, one GPU
+    kernel). Same outputs and gradients either way; the relu layer stays in
+    :attr:`layers`, the summary, the state dict and error messages. None
+    (the default) follows :data:`FUSE_ACTIVATIONS` for the input's device;
+    True or False decide for every device. A pair is fused only when
+    :func:`fused_activation` finds it safe. Graph models and models split
+    over devices run every layer on its own.
     """
 
     def __init__(self, name: str, input_shape: tuple, nodes: list, output: str, spec: dict, source: str):
@@ -78,6 +99,7 @@ class Model(Module):
         object.__setattr__(self, "spec", spec)
         object.__setattr__(self, "source", source)
         object.__setattr__(self, "placement", None)  # set by a device strategy (minidl.parallel)
+        object.__setattr__(self, "fuse_activations", None)
         for node in nodes:
             setattr(self, node.name, node.module)
         previous = ["input"] + [n.name for n in nodes[:-1]]
@@ -102,8 +124,8 @@ class Model(Module):
         if self.sequential:
             node = None
             try:
-                for node in self.nodes:
-                    x = node.module(x)
+                for node, activation in self._sequential_steps(x):
+                    x = node.module(x) if activation is None else node.module(x, activation=activation)
             except Exception as e:
                 annotate_layer_error(e, node.name, node.type, node.index, [x], self.source)
                 raise
@@ -121,8 +143,54 @@ class Model(Module):
                     del values[name]
         return values[self.output]
 
+    def _sequential_steps(self, x) -> list:
+        """[(node, activation or None)]: each node to run, with the activation of the relu layer after it
+        when that layer runs inside it (the relu's own node is then left out)."""
+        fuse = self.fuse_activations
+        if fuse is None:
+            fuse = FUSE_ACTIVATIONS.get(getattr(getattr(x, "device", None), "type", None), False)
+        nodes = self.nodes
+        if not fuse:
+            return [(node, None) for node in nodes]
+        steps, i = [], 0
+        while i < len(nodes):
+            activation = fused_activation(nodes[i].module, nodes[i + 1].module) if i + 1 < len(nodes) else None
+            steps.append((nodes[i], activation))
+            i += 1 if activation is None else 2
+        return steps
+
     def extra_repr(self):
         return f"name={self.name!r}, input={self.input_shape}"
+
+
+def _declared_with_forward(module, name: str):
+    """Class attribute ``name`` as declared by the class that defines ``module``'s forward (None when that
+    class does not declare it), or None when the instance overrides forward or __call__, or its class
+    overrides __call__: such a module does more than the declaration says."""
+    if "forward" in vars(module) or "__call__" in vars(module) or type(module).__call__ is not Module.__call__:
+        return None
+    for cls in type(module).__mro__:
+        if "forward" in vars(cls):
+            return vars(cls).get(name)
+    return None
+
+
+def fused_activation(producer: Module, consumer: Module) -> str | None:
+    """The activation ``producer`` may apply in place of the layer ``consumer`` that reads its output, or None.
+
+    ``consumer`` must declare ``elementwise_activation = "relu"`` (its forward
+    is exactly that function of its input), ``producer`` must list it in
+    ``fusable_activations`` (its ``forward(x, activation=...)`` applies it)
+    and have no ``activation`` of its own, and both declarations must come
+    from the class that defines forward, with neither forward nor __call__
+    replaced: a subclass that changes forward, or a wrapped or patched
+    forward, is never fused. The caller makes sure ``consumer`` is the only
+    reader of ``producer``'s output (in a sequential model it is).
+    """
+    name = _declared_with_forward(consumer, "elementwise_activation")
+    if name is None or getattr(producer, "activation", None) is not None:
+        return None
+    return name if name in (_declared_with_forward(producer, "fusable_activations") or ()) else None
 
 
 # ----------------------------------------------------------------- reading

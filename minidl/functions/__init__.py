@@ -21,7 +21,7 @@ from .math import (
     abs, add, clip, div, exp, log, maximum, minimum, mul, neg, pow, sigmoid, sign, sqrt, sub, tanh,
     where,
 )
-from .nn import log_softmax, relu, softmax
+from .nn import bias_relu, log_softmax, relu, softmax
 from .normalization import batch_norm, local_response_norm
 from .pooling import adaptive_avg_pool2d, avg_pool2d, max_pool2d
 from .stochastic import dropout
@@ -34,7 +34,7 @@ attach_tensor_methods()
 __all__ = [
     "ConvAlgorithm", "ConvProblem", "Window", "conv_output_size",
     "adaptive_avg_pool2d", "avg_pool2d", "batch_norm", "conv2d", "dropout", "local_response_norm", "max_pool2d",
-    "abs", "add", "astype", "broadcast_to", "clip", "concatenate", "cross_entropy", "div", "exp",
+    "abs", "add", "astype", "bias_relu", "broadcast_to", "clip", "concatenate", "cross_entropy", "div", "exp",
     "expand_dims", "flatten", "getitem", "linear", "log", "log_softmax", "matmul", "max", "maximum", "mean",
     "min", "minimum", "mul", "neg", "pad", "permute", "pow", "relu", "reshape", "sigmoid", "sign",
     "softmax", "split", "sqrt", "squeeze", "stack", "sub", "sum", "sum_to", "swapaxes", "tanh",

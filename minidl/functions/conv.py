@@ -21,6 +21,7 @@ from ..function import Function
 from ..tensor import Tensor
 from .autocast import cast_operands
 from .conv_algorithm import ConvAlgorithm, ConvProblem, select
+from .nn import activate, check_activation
 from .window import Window
 
 __all__ = ["conv2d", "ConvProblem", "ConvAlgorithm"]
@@ -103,7 +104,8 @@ def check_conv_shapes(x_shape, w_shape, b_shape, groups: int) -> None:
         raise ShapeError(f"conv2d: bias of shape {tuple(b_shape)} does not match {o} output channels", "conv2d")
 
 
-def conv2d(x, W, b=None, stride=1, padding=0, dilation=1, groups: int = 1, algorithm=None) -> Tensor:
+def conv2d(x, W, b=None, stride=1, padding=0, dilation=1, groups: int = 1, algorithm=None,
+           activation: str | None = None) -> Tensor:
     """2-D convolution (cross-correlation, as in PyTorch).
 
     Args:
@@ -118,13 +120,19 @@ def conv2d(x, W, b=None, stride=1, padding=0, dilation=1, groups: int = 1, algor
             problem and keep the fastest), a registered name such as
             ``"im2col_gemm"``, or a :class:`ConvAlgorithm`. See
             :mod:`minidl.functions.conv_algorithm`.
+        activation: None, or ``"relu"`` to return ``relu(conv + b)``: the bias
+            add and the ReLU are one op (:func:`~minidl.functions.bias_relu`)
+            working in the convolution's output, which keeps less for the
+            backward and is one GPU kernel.
 
     Returns (N, O, oh, ow).
 
     Example::
 
         y = F.conv2d(x, W, b, stride=4)        # x (8, 3, 227, 227), W (96, 3, 11, 11) -> (8, 96, 55, 55)
+        y = F.conv2d(x, W, b, stride=4, activation="relu")    # = F.relu(F.conv2d(x, W, b, stride=4))
     """
+    check_activation(activation, "conv2d")
     x, W, b = cast_operands("conv2d", x, W, b)
     check_conv_shapes(x.shape, W.shape, None if b is None else b.shape, groups)
     win = Window.make((W.shape[2], W.shape[3]), stride, padding, dilation)
@@ -133,5 +141,7 @@ def conv2d(x, W, b=None, stride=1, padding=0, dilation=1, groups: int = 1, algor
     except ValueError as e:
         raise ShapeError(f"conv2d: {e}", "conv2d") from None
     problem = ConvProblem.of(x, W, win, groups)
+    if activation is not None:
+        return activate(Conv2d(problem, select(problem, algorithm))(x, W), b, activation, "conv2d")
     inputs = (x, W) if b is None else (x, W, b)
     return Conv2d(problem, select(problem, algorithm))(*inputs)

@@ -9,6 +9,7 @@ from ..function import Function
 from ..tensor import Tensor
 from .array import reshape, sum_to, swapaxes
 from .autocast import cast_operands
+from .nn import activate, check_activation
 
 __all__ = ["matmul", "linear"]
 
@@ -64,13 +65,18 @@ class Linear(Function):
         return gx, gW, gy.sum(axis=0)
 
 
-def linear(x, W, b=None) -> Tensor:
+def linear(x, W, b=None, activation: str | None = None) -> Tensor:
     """Fully connected layer: ``x @ W.T + b`` with x (N, in_features), W (out_features, in_features).
+
+    ``activation="relu"`` returns ``relu(x @ W.T + b)``, the bias add and the
+    ReLU as one op (:func:`~minidl.functions.bias_relu`) working in the
+    product's own memory.
 
     Raises :class:`minidl.ShapeError` for shapes that do not fit and
     :class:`minidl.OpTypeError` for operands of different dtypes (as PyTorch,
     no silent promotion: a float64 ``x`` with a float32 ``W`` is refused).
     """
+    check_activation(activation, "linear")
     x, W, b = cast_operands("linear", x, W, b)
     if x.ndim != 2 or W.ndim != 2 or x.shape[1] != W.shape[1]:
         raise ShapeError(f"linear: expected x (N, {W.shape[-1] if W.ndim else '?'}) and W (out, in), got "
@@ -82,5 +88,7 @@ def linear(x, W, b=None) -> Tensor:
         raise OpTypeError(f"linear: operands must have one dtype, got x {x.dtype}, W {W.dtype}"
                           + (f", b {b.dtype}" if b is not None else "")
                           + f" (convert the input with x.to({W.dtype}) or the layer with .to(dtype))", "linear")
+    if activation is not None:
+        return activate(Linear()(x, W), b, activation, "linear")
     return Linear()(x, W) if b is None else Linear()(x, W, b)
 

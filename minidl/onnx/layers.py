@@ -19,14 +19,26 @@ def _weights(graph, module) -> list:
     return [graph.parameter("weight")] + ([graph.parameter("bias")] if module.use_bias else [])
 
 
+def _activated(graph, module, output):
+    """A conv2d or linear layer's ``activation`` (None or "relu") as its own ONNX node."""
+    activation = getattr(module, "activation", None)
+    if activation is None:
+        return output
+    if activation == "relu":
+        return graph.add("Relu", [output])
+    raise OnnxError(f"no ONNX form for activation {activation!r}")
+
+
 def conv2d(graph, node, inputs):
     m, w = node.module, node.module.window
-    return graph.add("Conv", inputs + _weights(graph, m), kernel_shape=[w.kh, w.kw], strides=[w.sy, w.sx],
-                     pads=[w.ph, w.pw, w.ph, w.pw], dilations=[w.dy, w.dx], group=m.groups)
+    return _activated(graph, m, graph.add(
+        "Conv", inputs + _weights(graph, m), kernel_shape=[w.kh, w.kw], strides=[w.sy, w.sx],
+        pads=[w.ph, w.pw, w.ph, w.pw], dilations=[w.dy, w.dx], group=m.groups))
 
 
 def linear(graph, node, inputs):
-    return graph.add("Gemm", inputs + _weights(graph, node.module), transB=1)  # x W^T + b, W (out, in)
+    gemm = graph.add("Gemm", inputs + _weights(graph, node.module), transB=1)  # x W^T + b, W (out, in)
+    return _activated(graph, node.module, gemm)
 
 
 def relu(graph, node, inputs):

@@ -22,6 +22,7 @@ def minidl_register_layers(register):
         {"params": {"out_channels": 4, "kernel_size": 3, "padding": 1}, "input_shape": IMAGE},
         {"params": {"out_channels": 4, "kernel_size": 3, "stride": 2, "dilation": 2, "groups": 2},
          "input_shape": (2, 4, 9, 9)},
+        {"params": {"out_channels": 4, "kernel_size": 3, "padding": 1, "activation": "relu"}, "input_shape": IMAGE},
     ])
     register("maxpool2d", MaxPool2d, aliases=("max_pool2d",), examples=[
         {"params": {"kernel_size": 3, "stride": 2}, "input_shape": IMAGE},
@@ -42,6 +43,7 @@ def minidl_register_layers(register):
     ])
     register("linear", Linear, aliases=("fc", "dense"), required=("out_features",), examples=[
         {"params": {"out_features": 3}, "input_shape": (2, 5)},
+        {"params": {"out_features": 3, "activation": "relu"}, "input_shape": (2, 5)},
     ])
     register("relu", ReLU, examples=[{"params": {}, "input_shape": IMAGE}])
     register("dropout", Dropout, examples=[{"params": {"p": 0.5}, "input_shape": (4, 6)}])

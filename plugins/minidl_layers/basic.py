@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import minidl as mdl
 import minidl.functions as F
+from minidl.functions.nn import check_activation
 from minidl.plugins import make_initializer
 
 
@@ -11,12 +12,20 @@ class Linear(mdl.nn.Module):
 
     Positional arguments follow PyTorch: ``Linear(9216, 4096)``. With
     keywords, ``in_features`` may be left out and is learned from the first
-    input (``Linear(out_features=10)``).
-    YAML: ``{type: linear, out_features: 4096, weight_init: {type: normal, std: 0.01}, bias_init: 1}``
+    input (``Linear(out_features=10)``). ``activation="relu"`` returns
+    ``relu(x W^T + b)``, the bias add and the ReLU as one op
+    (:func:`minidl.functions.bias_relu`); a model built from YAML does the
+    same for a linear layer followed by a relu layer (see
+    :attr:`minidl.builder.Model.fuse_activations`).
+
+    YAML: ``{type: linear, out_features: 4096, weight_init: {type: normal, std: 0.01}, bias_init: 1,
+    activation: relu}``
     """
 
+    fusable_activations = ("relu",)  # forward(x, activation=...) applies these (minidl.builder fuses with them)
+
     def __init__(self, in_features: int | None = None, out_features: int | None = None, bias: bool = True, *,
-                 weight_init=None, bias_init=None):
+                 weight_init=None, bias_init=None, activation: str | None = None):
         super().__init__()
         if out_features is None:
             raise TypeError("Linear() missing 'out_features': give Linear(in_features, out_features) as in PyTorch, "
@@ -26,6 +35,7 @@ class Linear(mdl.nn.Module):
         self.out_features = out_features
         self.in_features = in_features
         self.use_bias = bias
+        self.activation = check_activation(activation, "linear")
         self.weight_init = make_initializer(weight_init)
         self.bias_init = make_initializer(bias_init)
         self.register_parameter("weight", None)
@@ -60,18 +70,21 @@ class Linear(mdl.nn.Module):
         rows = slice(lo, hi)
 
         def share(inputs, params):
-            return F.linear(inputs[0], params[0], params[1] if self.use_bias else None)
+            return F.linear(inputs[0], params[0], params[1] if self.use_bias else None, activation=self.activation)
 
         params = [(self.weight, rows)] + ([(self.bias, rows)] if self.use_bias else [])
         return 0, self.in_features, share, params
 
-    def forward(self, x):
+    def forward(self, x, activation: str | None = None):
+        """x (N, in_features) -> (N, out_features), with :attr:`activation` applied, or ``activation`` when
+        given (the builder passes the relu layer that follows it)."""
         if self.weight is None:
             self.build(x.shape[1:], x.device, x.dtype)
-        return F.linear(x, self.weight, self.bias)
+        return F.linear(x, self.weight, self.bias, activation=activation or self.activation)
 
     def extra_repr(self):
-        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.use_bias}"
+        return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.use_bias}"
+                + (f", activation={self.activation!r}" if self.activation is not None else ""))
 
 
 def same_channels(self, lo, hi, input_shape):
@@ -80,9 +93,11 @@ def same_channels(self, lo, hi, input_shape):
 
 
 class ReLU(mdl.nn.Module):
-    """max(x, 0)."""
+    """max(x, 0). In a model built from YAML, a relu right after a conv2d or linear layer runs inside that
+    layer's op (see :attr:`minidl.builder.Model.fuse_activations`); it is still its own layer."""
 
     channel_map = same_channels
+    elementwise_activation = "relu"  # forward is exactly F.relu: a layer before it may apply it instead
 
     def output_shape(self, input_shape):
         return tuple(input_shape)

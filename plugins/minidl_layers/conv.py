@@ -6,6 +6,7 @@ import minidl.functions as F
 from minidl.functions import ConvProblem, Window
 from minidl.functions.autocast import cast_operands
 from minidl.functions.conv_algorithm import AUTO, get_algorithm, select
+from minidl.functions.nn import check_activation
 from minidl.plugins import make_initializer
 
 
@@ -23,15 +24,21 @@ class Conv2d(mdl.nn.Module):
     or ``auto`` to time them once per shape); by default the rule in
     :mod:`minidl.functions.conv_algorithm` picks one per shape, device and
     dtype. The choices made are kept in :attr:`algorithm_choices` (and in
-    checkpoints).
+    checkpoints). ``activation="relu"`` (Keras's habit) returns
+    ``relu(conv + bias)``, the bias add and the ReLU as one op
+    (:func:`minidl.functions.bias_relu`); a model built from YAML does the
+    same for a conv2d layer followed by a relu layer (see
+    :attr:`minidl.builder.Model.fuse_activations`).
 
-    YAML: ``{type: conv2d, out_channels: 96, kernel_size: 11, stride: 4}``
+    YAML: ``{type: conv2d, out_channels: 96, kernel_size: 11, stride: 4, activation: relu}``
     """
+
+    fusable_activations = ("relu",)  # forward(x, activation=...) applies these (minidl.builder fuses with them)
 
     def __init__(self, in_channels: int | None = None, out_channels: int | None = None,
                  kernel_size: int | tuple | None = None, stride: int | tuple = 1, padding: int | tuple = 0,
                  dilation: int | tuple = 1, groups: int = 1, bias: bool = True, *, weight_init=None, bias_init=None,
-                 algorithm: str | None = None):
+                 algorithm: str | None = None, activation: str | None = None):
         super().__init__()
         if out_channels is None or kernel_size is None:
             missing = " and ".join(repr(n) for n, v in (("out_channels", out_channels), ("kernel_size", kernel_size))
@@ -50,6 +57,7 @@ class Conv2d(mdl.nn.Module):
         if algorithm is not None and algorithm != AUTO:
             get_algorithm(algorithm)  # an unknown name fails when the model is built
         self.algorithm = algorithm
+        self.activation = check_activation(activation, "conv2d")
         self.algorithm_choices = {}  # ConvProblem -> algorithm name, as the layer ran
         self.weight_init = make_initializer(weight_init)
         self.bias_init = make_initializer(bias_init)
@@ -107,7 +115,8 @@ class Conv2d(mdl.nn.Module):
 
         def share(inputs, params):
             return F.conv2d(inputs[0], params[0], params[1] if self.use_bias else None, stride=(w.sy, w.sx),
-                            padding=(w.ph, w.pw), dilation=(w.dy, w.dx), groups=groups, algorithm=self.algorithm)
+                            padding=(w.ph, w.pw), dilation=(w.dy, w.dx), groups=groups, algorithm=self.algorithm,
+                            activation=self.activation)
 
         params = [(self.weight, rows)] + ([(self.bias, rows)] if self.use_bias else [])
         return in_lo, in_hi, share, params
@@ -130,7 +139,9 @@ class Conv2d(mdl.nn.Module):
         return ConvProblem.make((batch,) + tuple(input_shape), w_shape, w.stride, w.padding, w.dilation,
                                 self.groups, dtype, device)
 
-    def forward(self, x):
+    def forward(self, x, activation: str | None = None):
+        """The convolution of x (N, C, H, W), with :attr:`activation` applied, or ``activation`` when given
+        (the builder passes the relu layer that follows it)."""
         if self.weight is None:
             self.build(x.shape[1:], x.device, x.dtype)
         w = self.window
@@ -138,11 +149,12 @@ class Conv2d(mdl.nn.Module):
         algorithm = None
         if x.ndim == 4 and x.shape[1] == weight.shape[1] * self.groups:  # else conv2d names the shapes
             algorithm = self.choose_algorithm(ConvProblem.of(x, weight, w, self.groups))
-        return F.conv2d(x, weight, bias, stride=(w.sy, w.sx), padding=(w.ph, w.pw),
-                        dilation=(w.dy, w.dx), groups=self.groups, algorithm=algorithm)
+        return F.conv2d(x, weight, bias, stride=(w.sy, w.sx), padding=(w.ph, w.pw), dilation=(w.dy, w.dx),
+                        groups=self.groups, algorithm=algorithm, activation=activation or self.activation)
 
     def extra_repr(self):
         w = self.window
         return (f"{self.in_channels}, {self.out_channels}, kernel_size=({w.kh}, {w.kw}), stride=({w.sy}, {w.sx}), "
                 f"padding=({w.ph}, {w.pw}), groups={self.groups}"
-                + (f", algorithm={self.algorithm!r}" if self.algorithm is not None else ""))
+                + (f", algorithm={self.algorithm!r}" if self.algorithm is not None else "")
+                + (f", activation={self.activation!r}" if self.activation is not None else ""))

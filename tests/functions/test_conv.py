@@ -153,3 +153,47 @@ def test_conv2d_bad_geometry_raises(kwargs, device):
         F.conv2d(x, W, **kwargs)
 
 
+
+
+# ------------------------------------------------------------------ conv2d(activation="relu")
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("algorithm", ["im2col_gemm", "fft"])  # channels-last and (N, C, H, W) outputs
+def test_conv2d_relu_is_relu_of_conv2d(algorithm, bias, device, rng):
+    x, W, b = rng.standard_normal((2, 8, 6, 6)), rng.standard_normal((6, 4, 3, 3)), rng.standard_normal(6)
+    gy = rng.standard_normal((2, 6, 6, 6))
+    args = dict(padding=1, groups=2, algorithm=algorithm)
+    results = []
+    for activation in ("relu", None):
+        xs = [mdl.tensor(a, requires_grad=True, device=device) for a in ((x, W, b) if bias else (x, W))]
+        y = F.conv2d(*xs, **args, activation=activation)
+        if activation is None:
+            y = F.relu(y)
+        else:
+            pre = y.creator.inputs[0]  # the convolution's own output, which the bias add and relu overwrote
+            assert type(y.creator).__name__ == "BiasReLU" and y.data is pre.data
+        y.backward(mdl.tensor(gy, device=device))
+        results.append((y.data.strides, y.numpy(), *(t.grad.numpy() for t in xs)))
+    assert results[0][0] == results[1][0], "the output keeps the algorithm's storage order"
+    for a, e in zip(results[0][1:], results[1][1:]):
+        np.testing.assert_allclose(a, e, rtol=1e-12, atol=1e-12)
+
+
+def test_conv2d_relu_gradients(device, rng):
+    x, W, b = fixed_array(rng, (2, 4, 5, 5)), fixed_array(rng, (4, 2, 3, 3)), fixed_array(rng, (4,))
+    check_op(lambda x, W, b: F.conv2d(x, W, b, padding=1, groups=2, activation="relu"), [x, W, b], device, None,
+             lambda x, W, b: np.maximum(np_conv2d(x, W, b, (1, 1), (1, 1), (1, 1), 2), 0.0))
+    check_gradgrad(lambda x, W, b: F.conv2d(x, W, b, stride=2, groups=2, activation="relu") ** 2, [x, W, b], device)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+def test_conv2d_relu_dtype_kept(dtype, device, rng):
+    dtype = mdl.bfloat16 if dtype == "bfloat16" else dtype
+    x, W, b = fixed_array(rng, (2, 4, 5, 5)), fixed_array(rng, (4, 2, 3, 3)), fixed_array(rng, (4,))
+    check_dtype(lambda x, W, b: F.conv2d(x, W, b, padding=1, groups=2, activation="relu"), [x, W, b], dtype,
+                device)
+
+
+def test_conv2d_unknown_activation_is_an_error(device):
+    x, W = mdl.tensor(np.zeros((1, 1, 5, 5)), device=device), mdl.tensor(np.zeros((1, 1, 3, 3)), device=device)
+    with pytest.raises(ValueError, match="conv2d: activation must be None or one of 'relu', got 'tanh'"):
+        F.conv2d(x, W, activation="tanh")

@@ -85,3 +85,27 @@ def test_linear_raises_shape_and_type_errors_like_the_other_ops(device):
         F.linear(x[:, :5].to("float64"), W)
     with pytest.raises(mdl.OpTypeError, match="b float64"):
         F.linear(x[:, :5], W, mdl.tensor(np.zeros(4), device=device))
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_linear_relu_is_relu_of_linear(bias, device, rng):
+    x, W, b = rng.standard_normal((5, 4)), rng.standard_normal((3, 4)), rng.standard_normal(3)
+    arrays = [x, W, b] if bias else [x, W]
+    check_op(lambda x, W, b=None: F.linear(x, W, b, activation="relu"), arrays, device, None,
+             lambda x, W, b=None: np.maximum(x @ W.T + (0.0 if b is None else b), 0.0))
+    y = F.linear(*[mdl.tensor(a, requires_grad=True, device=device) for a in arrays], activation="relu")
+    assert type(y.creator).__name__ == "BiasReLU" and y.data is y.creator.inputs[0].data  # in the product's memory
+    check_gradgrad(lambda *a: F.linear(*a, activation="relu") ** 2, arrays, device)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+def test_linear_relu_dtype_kept(dtype, device, rng):
+    dtype = mdl.bfloat16 if dtype == "bfloat16" else dtype
+    check_dtype(lambda x, W, b: F.linear(x, W, b, activation="relu"),
+                [fixed_array(rng, (3, 4)), fixed_array(rng, (2, 4)), fixed_array(rng, (2,))], dtype, device)
+
+
+def test_linear_unknown_activation_is_an_error(device):
+    x, W = mdl.tensor(np.zeros((2, 3)), device=device), mdl.tensor(np.zeros((4, 3)), device=device)
+    with pytest.raises(ValueError, match="linear: activation must be None or one of 'relu', got 'sigmoid'"):
+        F.linear(x, W, activation="sigmoid")

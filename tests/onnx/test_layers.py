@@ -47,6 +47,16 @@ def test_linear_is_gemm_with_transposed_weight(bias):
     assert len(gemm.input) == (3 if bias else 2)
 
 
+@pytest.mark.parametrize("layer, ops", [
+    ({"type": "conv2d", "out_channels": 6, "kernel_size": 3, "groups": 2}, ["Conv", "Relu"]),
+    ({"type": "linear", "out_features": 7}, ["Flatten", "Gemm", "Relu"]),
+])
+def test_a_layers_activation_is_a_relu_node(layer, ops):
+    first = [{"type": "flatten"}] if layer["type"] == "linear" else []
+    proto = check(first + [{**layer, "activation": "relu"}], (4, 3, 3))
+    assert [n.op_type for n in proto.graph.node] == ops
+
+
 # (input H, W), kernel, stride, padding, dilation: including windows that ceil_mode adds and ones it drops
 POOLS = [
     ((7, 8), 3, 2, 0, 1),
