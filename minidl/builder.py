@@ -10,9 +10,9 @@ A model file::
       - {type: flatten}
       - {type: linear, out_features: 10}
 
-A relu layer right after a conv2d or linear layer runs inside that layer's
-op (see :attr:`Model.fuse_activations`); it stays a layer of its own in
-the model's layers, summary and errors.
+On a GPU, a relu layer right after a conv2d or linear layer runs inside
+that layer's op (see :attr:`Model.fuse_activations`; on the CPU when asked);
+it stays a layer of its own in the model's layers, summary and errors.
 
 Every layer runs on the previous layer's output unless it names its
 ``inputs:`` (layer names, or ``input`` for the model input), which gives a
@@ -85,7 +85,8 @@ class Model(Module):
     pass, one activation kept for the backward instead of two, one GPU
     kernel). Same outputs and gradients either way; the relu layer stays in
     :attr:`layers`, the summary, the state dict and error messages. None
-    (the default) follows :data:`FUSE_ACTIVATIONS` for the input's device;
+    (the default) follows :data:`FUSE_ACTIVATIONS` for the input's device (on for GPUs,
+    off on the CPU, where the other summation order moves results);
     True or False decide for every device. A pair is fused only when
     :func:`fused_activation` finds it safe. Graph models and models split
     over devices run every layer on its own.

@@ -15,7 +15,7 @@ class Linear(mdl.nn.Module):
     input (``Linear(out_features=10)``). ``activation="relu"`` returns
     ``relu(x W^T + b)``, the bias add and the ReLU as one op
     (:func:`minidl.functions.bias_relu`); a model built from YAML does the
-    same for a linear layer followed by a relu layer (see
+    same on a GPU for a linear layer followed by a relu layer (see
     :attr:`minidl.builder.Model.fuse_activations`).
 
     YAML: ``{type: linear, out_features: 4096, weight_init: {type: normal, std: 0.01}, bias_init: 1,
@@ -93,8 +93,8 @@ def same_channels(self, lo, hi, input_shape):
 
 
 class ReLU(mdl.nn.Module):
-    """max(x, 0). In a model built from YAML, a relu right after a conv2d or linear layer runs inside that
-    layer's op (see :attr:`minidl.builder.Model.fuse_activations`); it is still its own layer."""
+    """max(x, 0). In a model built from YAML on a GPU, a relu right after a conv2d or linear layer runs inside
+    that layer's op (see :attr:`minidl.builder.Model.fuse_activations`); it is still its own layer."""
 
     channel_map = same_channels
     elementwise_activation = "relu"  # forward is exactly F.relu: a layer before it may apply it instead

@@ -27,7 +27,7 @@ class Conv2d(mdl.nn.Module):
     checkpoints). ``activation="relu"`` (Keras's habit) returns
     ``relu(conv + bias)``, the bias add and the ReLU as one op
     (:func:`minidl.functions.bias_relu`); a model built from YAML does the
-    same for a conv2d layer followed by a relu layer (see
+    same on a GPU for a conv2d layer followed by a relu layer (see
     :attr:`minidl.builder.Model.fuse_activations`).
 
     YAML: ``{type: conv2d, out_channels: 96, kernel_size: 11, stride: 4, activation: relu}``
