@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import threading
 
 import numpy
 
@@ -32,6 +33,7 @@ __all__ = [
     "as_dtype",
     "scatter_add",
     "synchronize",
+    "StreamBoundHandles",
 ]
 
 _cupy = None  # the cupy module, once a CUDA device has been asked for
@@ -295,3 +297,26 @@ def synchronize(device) -> None:
         _reads["synchronizations"] += 1
         with device.context():
             device.xp.cuda.get_current_stream().synchronize()
+
+
+class StreamBoundHandles:
+    """A GPU library's handles (cuBLAS, cuDNN): one per thread and device, made on first use and bound to a
+    stream only when it differs from the one the handle was last bound to.
+
+    ``create()`` makes a handle (called with its device current); ``bind(handle, stream_ptr)`` binds it.
+    """
+
+    def __init__(self, create, bind):
+        self._create, self._bind = create, bind
+        self._local = threading.local()
+
+    def get(self, device_id: int, stream_ptr: int | None = None):
+        """This thread's handle for CUDA device ``device_id``, bound to ``stream_ptr`` when one is given."""
+        by_device = self._local.__dict__.setdefault("by_device", {})  # device id -> [handle, bound stream]
+        entry = by_device.get(device_id)
+        if entry is None:
+            entry = by_device[device_id] = [self._create(), None]
+        if stream_ptr is not None and entry[1] != stream_ptr:
+            self._bind(entry[0], stream_ptr)
+            entry[1] = stream_ptr
+        return entry[0]

@@ -17,11 +17,10 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import threading
 
 import numpy
 
-from .backend import get_array_module
+from .backend import StreamBoundHandles, as_device, get_array_module
 
 __all__ = ["array_matmul", "matmul_into", "allow_tf32", "tf32_allowed", "tf32_enabled", "capture_refusal",
            "WORKSPACE_BYTES"]
@@ -190,39 +189,23 @@ def capture_refusal():
     return None
 
 
-class _Handle:
-    """A cuBLAS handle minidl owns for one device, with its workspace and the stream it was last set to."""
-
-    def __init__(self, cublas, cupy):
-        self.device = cupy.cuda.Device()
-        self.handle = cublas.create()
-        # a fixed workspace: cuBLAS then allocates nothing per call, which stream capture requires; it is
-        # shared by this thread's calls, which are ordered on the streams minidl switches between
-        self.workspace = cupy.empty(WORKSPACE_BYTES, dtype=numpy.uint8)
-        cublas.set_workspace(self.handle, self.workspace.data.ptr, WORKSPACE_BYTES)
-        self.stream = None
+def _new_handle():
+    """A cuBLAS handle minidl owns for the current device, with a fixed workspace: cuBLAS then allocates
+    nothing per call, which stream capture requires. The workspace is shared by one thread's calls, which are
+    ordered on the streams minidl switches between; it lives as long as the handle's entry."""
+    cublas, cupy = _nvmath_cublas(), as_device("cuda:0").xp
+    handle = cublas.create()
+    workspace = cupy.empty(WORKSPACE_BYTES, dtype=numpy.uint8)
+    cublas.set_workspace(handle, workspace.data.ptr, WORKSPACE_BYTES)
+    return handle, workspace
 
 
-class _Handles(threading.local):
-    by_device = None
+_handles = StreamBoundHandles(_new_handle, lambda entry, stream: _nvmath_cublas().set_stream(entry[0], stream))
 
 
-_handles = _Handles()
-
-
-def _own_handle(cublas, cupy):
-    """This thread's handle for the current device, bound to the current stream."""
-    if _handles.by_device is None:
-        _handles.by_device = {}
-    device = cupy.cuda.Device().id
-    handle = _handles.by_device.get(device)
-    if handle is None:
-        handle = _handles.by_device[device] = _Handle(cublas, cupy)
-    stream = cupy.cuda.get_current_stream().ptr
-    if handle.stream != stream:
-        cublas.set_stream(handle.handle, stream)
-        handle.stream = stream
-    return handle.handle
+def _own_handle(cupy):
+    """This thread's cuBLAS handle for the current device, bound to the current stream."""
+    return _handles.get(cupy.cuda.Device().id, cupy.cuda.get_current_stream().ptr)[0]
 
 
 def _gemm_strided_batched(cupy, trans_b, trans_a, n, m, k, alpha, b, data_type, ldb, stride_b, a, lda, stride_a,
@@ -231,7 +214,7 @@ def _gemm_strided_batched(cupy, trans_b, trans_a, n, m, k, alpha, b, data_type, 
     cublas = _nvmath_cublas()
     if cublas is not None:
         cublas.gemm_strided_batched_ex(
-            _own_handle(cublas, cupy), trans_b, trans_a, n, m, k, alpha, b, data_type, ldb, stride_b, a, data_type,
+            _own_handle(cupy), trans_b, trans_a, n, m, k, alpha, b, data_type, ldb, stride_b, a, data_type,
             lda, stride_a, beta, out, data_type, ldc, stride_c, batch, compute_type, -1)  # -1: CUBLAS_GEMM_DEFAULT
         return
     from cupy_backends.cuda.libs import cublas

@@ -87,3 +87,19 @@ def test_as_dtype_names():
     assert backend.as_dtype("bf16") == backend.bfloat16()
 
 
+
+
+def test_stream_bound_handles_one_per_thread_and_device_rebound_only_on_a_new_stream():
+    import threading
+
+    made, bound = [], []
+    handles = backend.StreamBoundHandles(lambda: made.append(len(made)) or f"h{len(made) - 1}",
+                                         lambda handle, stream: bound.append((handle, stream)))
+    assert handles.get(0, 11) == "h0" and handles.get(0, 11) == "h0" and handles.get(0) == "h0"
+    assert handles.get(0, 12) == "h0" and handles.get(1, 11) == "h1"
+    assert bound == [("h0", 11), ("h0", 12), ("h1", 11)]  # a bind only when the stream changed
+    other = []
+    thread = threading.Thread(target=lambda: other.append(handles.get(0, 12)))
+    thread.start()
+    thread.join()
+    assert other == ["h2"] and bound[-1] == ("h2", 12)  # another thread gets a handle of its own

@@ -111,17 +111,16 @@ class Cudnn(ConvAlgorithm):
                     device_id = int(problem.device.partition(":")[2] or 0)
                     xp = _cupy()
                     with xp.cuda.Device(device_id):
-                        handle = graphs.handle_for(cudnn, device_id)
+                        handle = graphs.handle_for(device_id)
                         plan = graphs.build_plan(cudnn, handle, problem, kind, key[1])
                     self._plans[key + (kind,)] = plan
         return plan
 
     def _run(self, problem, kind, a, b, out, xp):
         plan = self._plan(problem, kind)
-        cudnn = graphs.frontend()
         device = out.device
         with device:
-            handle = graphs.handle_for(cudnn, device.id, xp.cuda.get_current_stream().ptr)
+            handle = graphs.handle_for(device.id, xp.cuda.get_current_stream().ptr)
             plan.run(handle, a, b, out, xp)
         return out
 

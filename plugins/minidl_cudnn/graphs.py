@@ -18,11 +18,10 @@ from __future__ import annotations
 import functools
 import importlib
 import importlib.util
-import threading
 
 import numpy
 
-from minidl.backend import cuda_available
+from minidl.backend import StreamBoundHandles, cuda_available
 from minidl.functions.window import empty_nchw, is_channels_last
 
 __all__ = ["INSTALL_HINT", "Plan", "build_plan", "channels_last_for", "dense", "frontend", "handle_for",
@@ -173,24 +172,11 @@ def build_plan(cudnn, handle, problem, kind: str, tf32: bool) -> Plan:
     return Plan(graph, [t.get_uid() for t in (a, b, out)], graph.get_workspace_size())
 
 
-class _Handles(threading.local):
-    """This thread's cuDNN handle per device and the stream each was last bound to (cuDNN handles are not to be
-    shared by threads running at once)."""
-
-    def __init__(self):
-        self.by_device = {}  # device id -> [handle, stream pointer]
+_handles = StreamBoundHandles(  # cuDNN handles are not to be shared by threads running at once
+    lambda: frontend().create_handle(), lambda handle, stream: frontend().set_stream(handle=handle, stream=stream))
 
 
-_handles = _Handles()
-
-
-def handle_for(cudnn, device_id: int, stream_ptr: int | None = None):
+def handle_for(device_id: int, stream_ptr: int | None = None):
     """This thread's handle for CUDA device ``device_id`` (made on first use, with that device current), bound to
     ``stream_ptr`` when given (``cudnnSetStream`` only when the stream changed)."""
-    entry = _handles.by_device.get(device_id)
-    if entry is None:
-        entry = _handles.by_device[device_id] = [cudnn.create_handle(), None]
-    if stream_ptr is not None and entry[1] != stream_ptr:
-        cudnn.set_stream(handle=entry[0], stream=stream_ptr)
-        entry[1] = stream_ptr
-    return entry[0]
+    return _handles.get(device_id, stream_ptr)
